@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0) */
+/* Sizes and limits shared by every tracer and by user space (read from BTF there). */
+#ifndef OTEL_EBPF_SIZING_H
+#define OTEL_EBPF_SIZING_H
+
+/* Largest payload prefix one data event may carry. A power of two: the
+ * verifier needs `len & (MAX_CAPTURE_BYTES - 1)` style bounds. The run-time
+ * knob max_capture_bytes (default 4 KiB) may only lower it. */
+#define MAX_CAPTURE_BYTES 16384
+
+/* iovec entries copied per readv/writev/recvmsg/sendmsg call. Bytes in later
+ * entries still count in the event's length, they are just not captured. */
+#define MAX_IOV 8
+
+/* Messages of one recvmmsg/sendmmsg call turned into data events. */
+#define MAX_MMSG 4
+
+/* In-flight syscalls (one per thread blocked in a traced syscall). */
+#define MAX_ACTIVE_CALLS 16384
+
+/* Sockets whose role (client/server) is known from connect/accept. */
+#define MAX_TRACKED_SOCKS 65536
+
+/* Local ports of the agent's own sockets (to ignore the far end of them). */
+#define MAX_SELF_PORTS 4096
+
+/* Entries of the pid and port filter maps. */
+#define MAX_FILTER_PIDS 1024
+#define MAX_FILTER_PORTS 1024
+
+#endif

@@ -1,0 +1,654 @@
+// SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0)
+/* sockdata: TCP payloads from syscall tracepoints.
+ *
+ * For every read/write-family syscall on a TCP socket (IPv4/IPv6) this emits one
+ * EVENT_SOCK_DATA record with the first max_capture_bytes of the payload, the
+ * syscall's return length and the connection's 4-tuple. accept/accept4/connect
+ * and close emit connection records. Works without kprobes: only
+ * syscalls/sys_{enter,exit}_* and sock/inet_sock_set_state tracepoints.
+ *
+ * The socket behind an fd is found by walking current->files->fdt at syscall
+ * entry, so connections opened before the agent started are recognised too.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "../include/sizing.h"
+#include "sockdata.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+
+/* ---- knobs, set by user space before load ---- */
+const volatile __u32 targ_self_tgid = 0;          /* the agent: never traced */
+const volatile __u32 max_capture_bytes = 4096;    /* <= MAX_CAPTURE_BYTES */
+const volatile __u64 wakeup_bytes = 256 * 1024;   /* force a reader wakeup past this backlog */
+
+/* ---- maps ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024); /* resized by user space before load */
+} events SEC(".maps");
+
+/* Kind of buffer argument saved at syscall entry. */
+enum buf_kind { BUF_PLAIN = 0, BUF_IOV = 1, BUF_MMSG = 2 };
+
+struct active_call {
+	__u64 ts_enter;
+	__u64 buf;     /* plain buffer, iovec array, or mmsghdr array */
+	__u64 sock_id;
+	__s32 fd;
+	__u32 vlen;    /* iovec or mmsghdr count */
+	__u8 kind;
+	__u8 syscall;
+	__u8 direction;
+	__u8 role;
+	__u32 _pad;
+	struct conn_tuple tuple;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ACTIVE_CALLS);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct active_call);
+} active SEC(".maps");
+
+/* fd of an accept/connect in flight, keyed by pid_tgid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ACTIVE_CALLS);
+	__type(key, __u64);
+	__type(value, __s32);
+} pending_connect SEC(".maps");
+
+/* Role of sockets seen connecting, accepted, or reaching ESTABLISHED. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_TRACKED_SOCKS);
+	__type(key, __u64); /* struct sock address */
+	__type(value, __u8);
+} sock_role SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SELF_PORTS);
+	__type(key, __u16);
+	__type(value, __u8);
+} self_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_config);
+} filter_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILTER_PIDS);
+	__type(key, __u32);
+	__type(value, __u8);
+} filter_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILTER_PORTS);
+	__type(key, __u16);
+	__type(value, __u8);
+} filter_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Scratch space to build a variable-size data record: header + up to
+ * 2 * MAX_CAPTURE_BYTES so that `offset < MAX` plus `size < MAX` always fits,
+ * which is the bound the verifier can check for the iovec copy loop. */
+struct data_scratch {
+	struct sock_data_event hdr;
+	__u8 buf[2 * MAX_CAPTURE_BYTES];
+};
+
+/* One slot per CPU, indexed by the current CPU: a per-CPU array cannot hold
+ * values over 32 KiB. Tracing programs do not nest on one CPU (bpf_prog_active),
+ * so a slot is never used twice at once. User space sizes it to the CPU count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct data_scratch);
+} scratch SEC(".maps");
+
+/* Force BTF emission of the records decoded by user space. */
+const struct sock_data_event *_unused_sock_data_event __attribute__((unused));
+const struct conn_event *_unused_conn_event __attribute__((unused));
+const enum event_type *_unused_event_type __attribute__((unused));
+const enum stat_index *_unused_stat_index __attribute__((unused));
+const enum syscall_id *_unused_syscall_id __attribute__((unused));
+
+/* ---- helpers ---- */
+
+/* `v & (2 * MAX_CAPTURE_BYTES - 1)` done in asm so that clang cannot drop it:
+ * the value is already below MAX_CAPTURE_BYTES, so clang proves the mask
+ * useless, but the verifier tracks ranges less precisely across the copy
+ * loops and needs the mask to see that a size stays inside the scratch buffer. */
+static __always_inline __u64 verifier_bound(__u64 v)
+{
+	asm volatile("%[v] &= %[m]" : [v] "+r"(v) : [m] "i"(2 * MAX_CAPTURE_BYTES - 1));
+	return v;
+}
+
+static __always_inline void stat_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline __u64 rb_flags(void)
+{
+	/* Records go in without waking the reader; it polls on a short timeout
+	 * and is woken early only when the backlog passes wakeup_bytes. One
+	 * wakeup per record costs ~1.5 us per syscall on this class of machine. */
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* fd -> struct sock of a TCP socket (IPv4/IPv6), or NULL. Cheap for non-socket
+ * fds: they stop at the inode mode check. */
+static __always_inline struct sock *fd_to_tcp_sock(__s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	umode_t mode;
+	__u16 family, type, proto;
+
+	if (fd < 0 || !fdt)
+		return NULL;
+	if ((__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return NULL;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	type = BPF_CORE_READ(sk, sk_type);
+	proto = BPF_CORE_READ(sk, sk_protocol);
+	if (type != SOCK_STREAM || proto != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
+		return NULL;
+	return sk;
+}
+
+static __always_inline void read_tuple(struct sock *sk, struct conn_tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->family = family;
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(t->saddr, &s, 4);
+		__builtin_memcpy(t->daddr, &d, 4);
+	} else {
+		BPF_CORE_READ_INTO(t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+static __always_inline __u8 lookup_role(__u64 sock_id)
+{
+	__u8 *r = bpf_map_lookup_elem(&sock_role, &sock_id);
+	return r ? *r : ROLE_UNKNOWN;
+}
+
+/* 1 when the process may be traced under the run-time pid filter. */
+static __always_inline int pid_allowed(__u32 tgid)
+{
+	__u32 zero = 0;
+	struct filter_config *cfg = bpf_map_lookup_elem(&filter_cfg, &zero);
+
+	if (!cfg || !cfg->pid_filter)
+		return 1;
+	return bpf_map_lookup_elem(&filter_pids, &tgid) != NULL;
+}
+
+static __always_inline int ports_allowed(const struct conn_tuple *t)
+{
+	__u32 zero = 0;
+	struct filter_config *cfg = bpf_map_lookup_elem(&filter_cfg, &zero);
+
+	if (!cfg || !cfg->port_filter)
+		return 1;
+	return bpf_map_lookup_elem(&filter_ports, &t->sport) || bpf_map_lookup_elem(&filter_ports, &t->dport);
+}
+
+/* The agent's own sockets: remember their local ports so that the far end of
+ * them (e.g. the collector receiving our exports) is not traced either. */
+static __always_inline int is_self(__u32 tgid, __s32 fd)
+{
+	if (tgid != targ_self_tgid)
+		return 0;
+	struct sock *sk = fd_to_tcp_sock(fd);
+	if (sk) {
+		__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		__u8 one = 1;
+		if (port)
+			bpf_map_update_elem(&self_ports, &port, &one, BPF_ANY);
+	}
+	stat_add(STAT_SELF_SKIPPED, 1);
+	return 1;
+}
+
+/* Save an entering data syscall when fd is a traced TCP socket. */
+static __always_inline int enter_data(__s32 fd, __u64 buf, __u32 vlen, __u8 kind, __u8 syscall, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct active_call call = {};
+	struct sock *sk;
+
+	if (is_self(tgid, fd) || !pid_allowed(tgid))
+		return 0;
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	read_tuple(sk, &call.tuple);
+	if (bpf_map_lookup_elem(&self_ports, &call.tuple.dport)) {
+		stat_add(STAT_SELF_SKIPPED, 1);
+		return 0;
+	}
+	if (!ports_allowed(&call.tuple))
+		return 0;
+	call.ts_enter = bpf_ktime_get_ns();
+	call.buf = buf;
+	call.sock_id = (__u64)sk;
+	call.fd = fd;
+	call.vlen = vlen;
+	call.kind = kind;
+	call.syscall = syscall;
+	call.direction = dir;
+	call.role = lookup_role(call.sock_id);
+	if (bpf_map_update_elem(&active, &id, &call, BPF_ANY))
+		stat_add(STAT_ACTIVE_FULL, 1);
+	return 0;
+}
+
+static __always_inline void fill_header(struct sock_data_event *h, const struct active_call *call, __u64 id, __u64 now)
+{
+	h->type = EVENT_SOCK_DATA;
+	h->tgid = id >> 32;
+	h->tid = (__u32)id;
+	h->fd = call->fd;
+	h->ts_enter = call->ts_enter;
+	h->ts_exit = now;
+	h->sock_id = call->sock_id;
+	h->direction = call->direction;
+	h->role = call->role;
+	h->syscall = call->syscall;
+	h->tuple = call->tuple;
+}
+
+static __always_inline void submit(struct data_scratch *s, __u32 captured, __u64 len)
+{
+	__u32 limit = max_capture_bytes;
+
+	if (limit > MAX_CAPTURE_BYTES)
+		limit = MAX_CAPTURE_BYTES;
+	if (len > limit)
+		stat_add(STAT_TRUNCATED, 1);
+	if (captured > MAX_CAPTURE_BYTES)
+		captured = MAX_CAPTURE_BYTES;
+	s->hdr.len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
+	s->hdr.captured = captured;
+	if (bpf_ringbuf_output(&events, s, sizeof(s->hdr) + verifier_bound(captured), rb_flags()))
+		stat_add(STAT_LOST, 1);
+	else
+		stat_add(STAT_EVENTS, 1);
+}
+
+/* Copy up to `len` bytes spread over `vlen` iovecs into s->buf; returns bytes copied. */
+static __always_inline __u32 copy_iov(struct data_scratch *s, __u64 iov_ptr, __u32 vlen, __u64 len)
+{
+	__u32 limit = max_capture_bytes;
+	__u32 copied = 0;
+
+	if (limit > MAX_CAPTURE_BYTES)
+		limit = MAX_CAPTURE_BYTES;
+	if (len < limit)
+		limit = len;
+	for (int i = 0; i < MAX_IOV; i++) {
+		struct iovec iov;
+		__u64 take;
+
+		if (i >= vlen || copied >= limit)
+			break;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(struct iovec))))
+			break;
+		take = iov.iov_len;
+		if (take > limit - copied)
+			take = limit - copied;
+		if (take > MAX_CAPTURE_BYTES)
+			take = MAX_CAPTURE_BYTES;
+		/* offset < MAX_CAPTURE_BYTES and take <= MAX_CAPTURE_BYTES: inside buf. */
+		if (bpf_probe_read_user(&s->buf[copied & (MAX_CAPTURE_BYTES - 1)], take & (2 * MAX_CAPTURE_BYTES - 1),
+					iov.iov_base))
+			break;
+		copied += take;
+	}
+	return copied;
+}
+
+static __always_inline int exit_data(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *call = bpf_map_lookup_elem(&active, &id);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct data_scratch *s;
+	__u64 now;
+
+	if (!call)
+		return 0;
+	if (ret <= 0)
+		goto out;
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s)
+		goto out;
+	now = bpf_ktime_get_ns();
+	fill_header(&s->hdr, call, id, now);
+
+	if (call->kind == BUF_PLAIN) {
+		__u32 limit = max_capture_bytes;
+		__u64 n = ret;
+		if (limit > MAX_CAPTURE_BYTES)
+			limit = MAX_CAPTURE_BYTES;
+		if (n > limit)
+			n = limit;
+		if (call->syscall == SYS_SENDFILE)
+			n = 0; /* bytes come from a file, not a user buffer */
+		else if (bpf_probe_read_user(s->buf, n & (2 * MAX_CAPTURE_BYTES - 1), (void *)call->buf))
+			n = 0;
+		submit(s, n, ret);
+	} else if (call->kind == BUF_IOV) {
+		submit(s, copy_iov(s, call->buf, call->vlen, ret), ret);
+	} else {
+		/* recvmmsg/sendmmsg: ret is the number of messages. */
+		for (int m = 0; m < MAX_MMSG; m++) {
+			struct mmsghdr mh;
+			if (m >= ret || m >= call->vlen)
+				break;
+			if (bpf_probe_read_user(&mh, sizeof(mh), (void *)(call->buf + m * sizeof(struct mmsghdr))))
+				break;
+			if (!mh.msg_len)
+				continue;
+			submit(s, copy_iov(s, (__u64)mh.msg_hdr.msg_iov, (__u32)mh.msg_hdr.msg_iovlen, mh.msg_len),
+			       mh.msg_len);
+		}
+	}
+out:
+	bpf_map_delete_elem(&active, &id);
+	return 0;
+}
+
+/* ---- data syscalls ---- */
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int sys_enter_read(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], 0, BUF_PLAIN, SYS_READ, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int sys_enter_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], 0, BUF_PLAIN, SYS_WRITE, DIR_EGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], 0, BUF_PLAIN, SYS_RECVFROM, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], 0, BUF_PLAIN, SYS_SENDTO, DIR_EGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int sys_enter_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], ctx->args[2], BUF_IOV, SYS_READV, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int sys_enter_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], ctx->args[2], BUF_IOV, SYS_WRITEV, DIR_EGRESS);
+}
+
+static __always_inline int enter_msg(struct trace_event_raw_sys_enter *ctx, __u8 syscall, __u8 dir)
+{
+	struct user_msghdr mh;
+
+	if (bpf_probe_read_user(&mh, sizeof(mh), (void *)ctx->args[1]))
+		return 0;
+	return enter_data(ctx->args[0], (__u64)mh.msg_iov, (__u32)mh.msg_iovlen, BUF_IOV, syscall, dir);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_msg(ctx, SYS_RECVMSG, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_msg(ctx, SYS_SENDMSG, DIR_EGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmmsg")
+int sys_enter_recvmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], ctx->args[2], BUF_MMSG, SYS_RECVMMSG, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int sys_enter_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], ctx->args[1], ctx->args[2], BUF_MMSG, SYS_SENDMMSG, DIR_EGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int sys_enter_sendfile64(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_data(ctx->args[0], 0, 0, BUF_PLAIN, SYS_SENDFILE, DIR_EGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int sys_exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int sys_exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int sys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int sys_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int sys_exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int sys_exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int sys_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int sys_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvmmsg")
+int sys_exit_recvmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int sys_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+
+/* ---- connection lifecycle ---- */
+
+static __always_inline void emit_conn(__u32 type, __s32 fd, struct sock *sk, __u8 role)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct conn_event *e;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(STAT_LOST, 1);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->tgid = id >> 32;
+	e->tid = (__u32)id;
+	e->fd = fd;
+	e->ts = bpf_ktime_get_ns();
+	e->sock_id = (__u64)sk;
+	e->role = role;
+	read_tuple(sk, &e->tuple);
+	bpf_ringbuf_submit(e, rb_flags());
+	stat_add(STAT_EVENTS, 1);
+}
+
+static __always_inline int conn_opened(__s32 fd, __u8 role)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct conn_tuple t = {};
+	struct sock *sk;
+	__u64 sock_id;
+
+	if (is_self(tgid, fd) || !pid_allowed(tgid))
+		return 0;
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	sock_id = (__u64)sk;
+	bpf_map_update_elem(&sock_role, &sock_id, &role, BPF_ANY);
+	read_tuple(sk, &t);
+	if (bpf_map_lookup_elem(&self_ports, &t.dport) || !ports_allowed(&t))
+		return 0;
+	emit_conn(EVENT_CONN_OPEN, fd, sk, role);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int sys_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return ctx->ret >= 0 ? conn_opened(ctx->ret, ROLE_SERVER) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return ctx->ret >= 0 ? conn_opened(ctx->ret, ROLE_SERVER) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__s32 fd = ctx->args[0];
+
+	bpf_map_update_elem(&pending_connect, &id, &fd, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__s32 *fd = bpf_map_lookup_elem(&pending_connect, &id);
+	__s32 f;
+
+	if (!fd)
+		return 0;
+	f = *fd;
+	bpf_map_delete_elem(&pending_connect, &id);
+	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
+		conn_opened(f, ROLE_CLIENT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	__s32 fd = ctx->args[0];
+	struct conn_tuple t = {};
+	struct sock *sk;
+	__u64 sock_id;
+
+	if (tgid == targ_self_tgid || !pid_allowed(tgid))
+		return 0;
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	read_tuple(sk, &t);
+	if (bpf_map_lookup_elem(&self_ports, &t.dport) || !ports_allowed(&t))
+		return 0;
+	sock_id = (__u64)sk;
+	emit_conn(EVENT_CONN_CLOSE, fd, sk, lookup_role(sock_id));
+	return 0;
+}
+
+/* Role of connections established by any means (including ones whose
+ * connect/accept happened in a process we do not see the syscall of, e.g.
+ * io_uring or a fd passed over a unix socket): SYN_SENT->ESTABLISHED is the
+ * client side, SYN_RECV->ESTABLISHED the server side. Entries are removed when
+ * the socket reaches TCP_CLOSE. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	__u64 sock_id = (__u64)ctx->skaddr;
+	__u8 role;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->newstate == TCP_ESTABLISHED) {
+		if (ctx->oldstate == TCP_SYN_SENT)
+			role = ROLE_CLIENT;
+		else if (ctx->oldstate == TCP_SYN_RECV)
+			role = ROLE_SERVER;
+		else
+			return 0;
+		bpf_map_update_elem(&sock_role, &sock_id, &role, BPF_ANY);
+	} else if (ctx->newstate == 7 /* TCP_CLOSE */) {
+		bpf_map_delete_elem(&sock_role, &sock_id);
+	}
+	return 0;
+}

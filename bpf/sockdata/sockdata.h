@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0) */
+/* sockdata: the data shared between sockdata.bpf.c and user space.
+ * User space builds its decoders from this object's BTF (otel_ebpf.bpf.btf),
+ * so field names here are the contract; numbers mirror otel_ebpf.bpf.events. */
+#ifndef OTEL_EBPF_SOCKDATA_H
+#define OTEL_EBPF_SOCKDATA_H
+
+/* Record type tags: every ring-buffer record starts with one (EventType in Python). */
+enum event_type {
+	EVENT_SOCK_DATA = 1,  /* payload of one read/write-family syscall */
+	EVENT_CONN_OPEN = 2,  /* accept/accept4/connect returned a TCP socket */
+	EVENT_CONN_CLOSE = 3, /* close() of a TCP socket */
+};
+
+/* Direction seen from the process (Direction in Python). */
+enum direction {
+	DIR_EGRESS = 0,
+	DIR_INGRESS = 1,
+};
+
+/* Role of the process on the connection (Role in Python). */
+enum conn_role {
+	ROLE_UNKNOWN = 0,
+	ROLE_CLIENT = 1,
+	ROLE_SERVER = 2,
+};
+
+/* Which syscall produced a data event (Syscall in Python). */
+enum syscall_id {
+	SYS_READ = 1, SYS_WRITE, SYS_READV, SYS_WRITEV, SYS_RECVFROM, SYS_SENDTO,
+	SYS_RECVMSG, SYS_SENDMSG, SYS_RECVMMSG, SYS_SENDMMSG, SYS_SENDFILE,
+};
+
+/* Indexes of the per-CPU `stats` array (Stat in Python). */
+enum stat_index {
+	STAT_EVENTS = 0,         /* records submitted */
+	STAT_LOST = 1,           /* ring buffer full: record dropped */
+	STAT_ACTIVE_FULL = 2,    /* in-flight call table full: call not traced */
+	STAT_TRUNCATED = 3,      /* data events whose payload exceeded the capture */
+	STAT_SELF_SKIPPED = 4,   /* calls of the agent itself or of the far end of its sockets */
+	STAT_MAX = 5,
+};
+
+/* Addresses in network byte order; IPv4 in the first 4 bytes of saddr/daddr. */
+struct conn_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* host order (local port) */
+	__u16 dport; /* host order (remote port) */
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u16 _pad;
+};
+
+struct sock_data_event {
+	__u32 type; /* EVENT_SOCK_DATA */
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u64 ts_enter; /* CLOCK_MONOTONIC ns at syscall entry */
+	__u64 ts_exit;  /* ... and at exit */
+	__u64 sock_id;  /* kernel address of struct sock */
+	__u32 len;      /* bytes the syscall moved (its return value, per message for mmsg) */
+	__u32 captured; /* bytes of payload that follow this header */
+	__u8 direction;
+	__u8 role;
+	__u8 syscall;
+	__u8 _pad[5];
+	struct conn_tuple tuple;
+	__u8 data[]; /* `captured` bytes */
+};
+
+struct conn_event {
+	__u32 type; /* EVENT_CONN_OPEN or EVENT_CONN_CLOSE */
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u64 ts;
+	__u64 sock_id;
+	__u8 role;
+	__u8 _pad[7];
+	struct conn_tuple tuple;
+};
+
+/* Run-time filters (array map `filter_cfg`, one entry); apply without reload. */
+struct filter_config {
+	__u32 pid_filter;  /* 1: only tgids in `filter_pids` */
+	__u32 port_filter; /* 1: only connections whose local or remote port is in `filter_ports` */
+};
+
+#endif

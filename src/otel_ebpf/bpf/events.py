@@ -1,0 +1,173 @@
+"""Kernel records of the sockdata tracer, decoded with layouts taken from the object's BTF.
+
+Usage::
+
+    codec = SockDataCodec(BpfObjectInfo.from_file(path))
+    for record in ring.drain():
+        event = codec.decode(record)      # SockDataEvent | ConnEvent | None
+
+The numbers of the Python enums below mirror the C enums of
+``bpf/sockdata/sockdata.h`` (same names, ``EVENT_*`` ↔ ``EventType.*``);
+:meth:`SockDataCodec.__init__` checks them against the object's BTF and refuses
+to start on a mismatch, and the struct offsets are read from BTF, never typed here.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass
+
+from ..records import Direction, Role
+from .btf import BpfObjectInfo, BtfError
+
+__all__ = ["EventType", "Syscall", "Stat", "SockDataEvent", "ConnEvent", "SockDataCodec"]
+
+
+class EventType(enum.IntEnum):
+    """``enum event_type`` in sockdata.h."""
+
+    SOCK_DATA = 1
+    CONN_OPEN = 2
+    CONN_CLOSE = 3
+
+
+class Syscall(enum.IntEnum):
+    """``enum syscall_id`` in sockdata.h."""
+
+    READ = 1
+    WRITE = 2
+    READV = 3
+    WRITEV = 4
+    RECVFROM = 5
+    SENDTO = 6
+    RECVMSG = 7
+    SENDMSG = 8
+    RECVMMSG = 9
+    SENDMMSG = 10
+    SENDFILE = 11
+
+
+class Stat(enum.IntEnum):
+    """``enum stat_index`` in sockdata.h (per-CPU counters)."""
+
+    EVENTS = 0
+    LOST = 1
+    ACTIVE_FULL = 2
+    TRUNCATED = 3
+    SELF_SKIPPED = 4
+
+
+@dataclass(slots=True)
+class SockDataEvent:
+    tgid: int
+    tid: int
+    fd: int
+    ts_enter: int
+    ts_exit: int
+    sock_id: int
+    length: int  # bytes moved by the syscall
+    direction: Direction
+    role: Role
+    syscall: Syscall
+    family: int  # 4 or 6
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    data: bytes  # the captured prefix
+
+    @property
+    def missing(self) -> int:
+        return self.length - len(self.data)
+
+
+@dataclass(slots=True)
+class ConnEvent:
+    type: EventType
+    tgid: int
+    tid: int
+    fd: int
+    ts: int
+    sock_id: int
+    role: Role
+    family: int
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+
+
+_DATA_FIELDS = [
+    "type", "tgid", "tid", "fd", "ts_enter", "ts_exit", "sock_id", "len", "captured", "direction", "role",
+    "syscall", "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+]
+_CONN_FIELDS = [
+    "type", "tgid", "tid", "fd", "ts", "sock_id", "role",
+    "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+]
+_ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), "stat_index": (Stat, "STAT_")}
+
+
+def check_enums(info: BpfObjectInfo) -> None:
+    """Raise BtfError when a Python enum disagrees with the object's C enum."""
+    for c_name, (py_enum, prefix) in _ENUMS.items():
+        c_values = {k[len(prefix):]: v for k, v in info.btf.enum(c_name).items() if k != prefix + "MAX"}
+        py_values = {m.name: m.value for m in py_enum}
+        if c_values != py_values:
+            raise BtfError(f"enum {c_name} in the BPF object {c_values} differs from {py_enum.__name__} {py_values}")
+
+
+_addr_cache: dict[tuple[int, bytes], str] = {}
+
+
+def _addr(family: int, raw: bytes) -> str:
+    key = (family, raw)
+    text = _addr_cache.get(key)
+    if text is None:
+        if family == socket.AF_INET:
+            text = socket.inet_ntop(socket.AF_INET, raw[:4])
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, raw)
+            if text.startswith("::ffff:") and "." in text:
+                text = text[7:]  # IPv4-mapped: report the IPv4 address
+        if len(_addr_cache) > 4096:
+            _addr_cache.clear()
+        _addr_cache[key] = text
+    return text
+
+
+class SockDataCodec:
+    """Decodes sockdata ring-buffer records; layouts come from the object's BTF."""
+
+    def __init__(self, info: BpfObjectInfo):
+        check_enums(info)
+        self._data = info.btf.decoder("sock_data_event", _DATA_FIELDS)
+        self._data_size = info.btf.struct_size("sock_data_event")
+        self._conn = info.btf.decoder("conn_event", _CONN_FIELDS)
+        self.decode_errors = 0
+
+    def decode(self, rec: bytes) -> SockDataEvent | ConnEvent | None:
+        try:
+            kind = rec[0]
+            if kind == EventType.SOCK_DATA:
+                (_t, tgid, tid, fd, ts_enter, ts_exit, sock_id, length, captured, direction, role, syscall,
+                 saddr, daddr, sport, dport, family) = self._data.unpack_from(rec, 0)
+                start = self._data_size
+                return SockDataEvent(
+                    tgid, tid, fd, ts_enter, ts_exit, sock_id, length, Direction(direction), Role(role),
+                    Syscall(syscall), 4 if family == socket.AF_INET else 6, _addr(family, saddr), sport,
+                    _addr(family, daddr), dport, rec[start : start + captured],
+                )
+            if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
+                (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family) = self._conn.unpack_from(
+                    rec, 0
+                )
+                return ConnEvent(
+                    EventType(t), tgid, tid, fd, ts, sock_id, Role(role), 4 if family == socket.AF_INET else 6,
+                    _addr(family, saddr), sport, _addr(family, daddr), dport,
+                )
+        except (ValueError, IndexError, OSError):
+            pass
+        self.decode_errors += 1
+        return None

@@ -1,0 +1,141 @@
+"""The ``http`` receiver: kernel payload capture → HTTP/1.x exchanges → the next consumer.
+
+Usage::
+
+    receiver = HttpReceiver(HttpReceiverConfig(ports=[8080]), consumer)
+    receiver.start()          # returns once every probe is attached
+    ...
+    receiver.shutdown()       # detaches probes, flushes connections; safe twice
+
+``consumer`` is anything with ``consume(exchange)`` (the telemetry pipeline, the
+SDK bridge, or a list-backed sink in tests). It is called from the receiver's
+reader thread and must not block for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+from ...bpf.btf import BpfObjectInfo
+from ...bpf.clock import MonotonicClock
+from ...bpf.recording import RecordingWriter
+from ...bpf.sockdata import SockDataTracer
+from ...protocols.http1 import Http1Stats
+from ...records import Exchange
+from ...stream.conntable import ConnectionTable
+from .config import HttpReceiverConfig
+
+__all__ = ["HttpReceiver", "ExchangeConsumer"]
+
+log = logging.getLogger(__name__)
+
+
+class ExchangeConsumer(Protocol):
+    def consume(self, exchange: Exchange) -> None: ...
+
+
+class HttpReceiver:
+    def __init__(self, config: HttpReceiverConfig, consumer: ExchangeConsumer, *, tracer: SockDataTracer | None = None):
+        config.validate()
+        self.config = config
+        self._consumer = consumer
+        self._tracer = tracer or SockDataTracer(
+            max_capture_bytes=config.max_capture_bytes, ring_bytes=config.ring_buffer_bytes,
+            pids=config.pids, ports=config.ports,
+        )
+        self.clock = MonotonicClock()
+        self.http1_stats = Http1Stats()
+        self.table = ConnectionTable(clock=self.clock, stats=self.http1_stats,
+                                     max_connections=config.max_connections, idle_timeout_s=config.idle_timeout)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._recorder: RecordingWriter | None = None
+        self.consumer_errors = 0
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> None:
+        """Load and attach the probes (raises on failure), then start reading."""
+        if self._started:
+            return
+        self._tracer.start()
+        self._started = True
+        if self.config.record_path:
+            self._recorder = RecordingWriter(self.config.record_path, clock_offset_ns=self.clock.offset_ns,
+                                             info=BpfObjectInfo.from_file(self._tracer._path))
+        self._thread = threading.Thread(target=self._run, name="otel-ebpf-http-receiver", daemon=True)
+        self._thread.start()
+
+    @property
+    def attached_programs(self) -> list[str]:
+        return list(self._tracer.attached)
+
+    def _emit(self, exchanges: list[Exchange]) -> None:
+        consume = self._consumer.consume
+        for ex in exchanges:
+            try:
+                consume(ex)
+            except Exception:  # a consumer bug must not stop capture
+                self.consumer_errors += 1
+                log.exception("consumer failed on an exchange")
+
+    def _run(self) -> None:
+        tracer, table = self._tracer, self.table
+        codec = tracer.codec
+        timeout = self.config.poll_interval_ms
+        next_housekeeping = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            try:
+                raw = tracer.poll_raw(timeout)
+                if self._recorder is not None:
+                    for rec in raw:
+                        self._recorder.write(rec)
+                handle = table.handle
+                decode = codec.decode
+                for rec in raw:
+                    ev = decode(rec)
+                    if ev is not None:
+                        done = handle(ev)
+                        if done:
+                            self._emit(done)
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + 1.0
+                    self.clock.maybe_refresh()
+                    self._emit(table.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            except Exception:
+                log.exception("http receiver loop error (continuing)")
+                self._stop.wait(0.1)
+        # final drain of what the kernel already wrote
+        for rec in tracer.poll_raw(0):
+            ev = codec.decode(rec)
+            if ev is not None:
+                self._emit(table.handle(ev))
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters of the kernel side, the connection table and the HTTP/1 parser."""
+        out = {f"kernel.{k}": v for k, v in self._tracer.stats().items()} if self._started and not self._stopped else {}
+        out.update({f"table.{k}": v for k, v in self.table.stats.as_dict().items()})
+        out.update({f"http1.{k}": getattr(self.http1_stats, k) for k in self.http1_stats.__slots__})
+        out["table.connections"] = len(self.table)
+        out["consumer_errors"] = self.consumer_errors
+        return out
+
+    def shutdown(self, *, flush_connections: bool = False) -> None:
+        """Stop reading, detach every probe. Safe twice and before start."""
+        if self._stopped:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if flush_connections:
+            self._emit(self.table.close_all())
+        if self._started:
+            self.last_stats = self.stats()
+        self._stopped = True
+        self._tracer.close()
+        if self._recorder is not None:
+            self._recorder.close()

@@ -1,0 +1,216 @@
+"""Connection table: routes decoded kernel events to per-connection protocol sessions.
+
+Usage::
+
+    table = ConnectionTable(clock=MonotonicClock(), stats=Http1Stats())
+    for event in tracer.poll():
+        for exchange in table.handle(event):
+            consumer.consume(exchange)
+    table.expire(now_mono_ns)          # idle connections out, bounded size
+
+One entry per (process, fd); the kernel's socket address tells a reused fd from
+the old one. A connection first seen through its accept/connect starts parsing at
+its first byte; one first seen through data (it was open before the agent
+started) is parsed "midstream": from its next request head on. Its role, when
+the kernel could not tell (no SYN seen), comes from the listening ports of the
+host, and failing that from the direction of the first request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+from ..bpf.clock import MonotonicClock
+from ..bpf.events import ConnEvent, EventType, SockDataEvent
+from ..protocols.http1 import Http1Session, Http1Stats
+from ..records import Connection, Direction, Exchange, Role
+
+__all__ = ["ConnectionTable", "ListeningPorts", "TableStats"]
+
+# Connections tracked at once. Each holds two small parser states; past this the
+# least recently active one is dropped (counted) — a busy proxy host has tens of
+# thousands of sockets, most idle.
+DEFAULT_MAX_CONNECTIONS = 16384
+# A connection silent this long is forgotten (its close was missed, e.g. the
+# process died, or the close event was lost).
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+
+
+class TableStats:
+    __slots__ = ("events", "data_events", "connections_opened", "connections_closed", "evicted", "expired",
+                 "skipped_dead", "exchanges")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ListeningPorts:
+    """Local TCP ports in LISTEN state, from /proc/net/tcp{,6}, re-read at most once a second."""
+
+    def __init__(self, *, proc_root: str = "/proc", min_refresh_s: float = 1.0):
+        self._files = [Path(proc_root) / "net" / "tcp", Path(proc_root) / "net" / "tcp6"]
+        self._ports: set[int] = set()
+        self._read_at = 0.0
+        self._min_refresh = min_refresh_s
+
+    def _refresh(self) -> None:
+        ports = set()
+        for path in self._files:
+            try:
+                lines = path.read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        self._ports = ports
+        self._read_at = time.monotonic()
+
+    def is_listening(self, port: int) -> bool:
+        if port not in self._ports and time.monotonic() - self._read_at >= self._min_refresh:
+            self._refresh()
+        return port in self._ports
+
+
+class _Entry:
+    __slots__ = ("sock_id", "session", "last_seen")
+
+    def __init__(self, sock_id: int, session: Http1Session, last_seen: int):
+        self.sock_id = sock_id
+        self.session = session
+        self.last_seen = last_seen
+
+
+class ConnectionTable:
+    def __init__(
+        self,
+        *,
+        clock: MonotonicClock,
+        stats: Http1Stats,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        listening: ListeningPorts | None = None,
+    ):
+        self._clock = clock
+        self.http1_stats = stats
+        self.stats = TableStats()
+        self._max = max_connections
+        self._idle_ns = int(idle_timeout_s * 1e9)
+        self._listening = listening or ListeningPorts()
+        self._conns: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def _role(self, event: SockDataEvent | ConnEvent) -> Role:
+        if event.role != Role.UNKNOWN:
+            return event.role
+        if self._listening.is_listening(event.local_port):
+            return Role.SERVER
+        if self._listening.is_listening(event.remote_port) and event.remote_address.startswith(("127.", "::1")):
+            return Role.CLIENT
+        return Role.UNKNOWN  # the session infers it from the first request's direction
+
+    def _new_entry(self, event: SockDataEvent | ConnEvent, *, midstream: bool) -> _Entry:
+        conn = Connection(
+            pid=event.tgid, fd=event.fd, sock_id=event.sock_id, family=event.family,
+            local_address=event.local_address, local_port=event.local_port,
+            remote_address=event.remote_address, remote_port=event.remote_port, role=self._role(event),
+        )
+        return _Entry(event.sock_id, Http1Session(conn, stats=self.http1_stats, midstream=midstream), 0)
+
+    def _insert(self, key: tuple[int, int], entry: _Entry) -> list[Exchange]:
+        out: list[Exchange] = []
+        old = self._conns.pop(key, None)
+        if old is not None:
+            out = self._finish(old, entry.last_seen)
+        self._conns[key] = entry
+        while len(self._conns) > self._max:
+            _key, victim = self._conns.popitem(last=False)
+            self.stats.evicted += 1
+            out.extend(self._finish(victim, victim.last_seen))
+        return out
+
+    def _finish(self, entry: _Entry, mono_ts: int) -> list[Exchange]:
+        if entry.session.dead:
+            return []
+        return entry.session.on_close(self._clock.to_wall(mono_ts))
+
+    def handle(self, event: SockDataEvent | ConnEvent) -> list[Exchange]:
+        """Feed one decoded event; returns the exchanges it completed."""
+        self.stats.events += 1
+        key = (event.tgid, event.fd)
+        if type(event) is SockDataEvent:
+            self.stats.data_events += 1
+            entry = self._conns.get(key)
+            out: list[Exchange] = []
+            if entry is None or entry.sock_id != event.sock_id:
+                entry = self._new_entry(event, midstream=True)
+                entry.last_seen = event.ts_exit
+                out = self._insert(key, entry)
+            else:
+                self._conns.move_to_end(key)
+                entry.last_seen = event.ts_exit
+            session = entry.session
+            if session.dead:
+                self.stats.skipped_dead += 1
+                return out
+            to_wall = self._clock.to_wall
+            ts_last = to_wall(event.ts_exit)
+            ts_first = to_wall(event.ts_enter) if event.direction == Direction.EGRESS else ts_last
+            done = session.on_data(event.direction, event.data, ts_first, ts_last, missing=event.missing,
+                                   tid=event.tid)
+            if done:
+                self.stats.exchanges += len(done)
+                if not out:
+                    return done
+                out.extend(done)
+            return out
+        if event.type == EventType.CONN_OPEN:
+            self.stats.connections_opened += 1
+            entry = self._new_entry(event, midstream=False)
+            entry.last_seen = event.ts
+            out = self._insert(key, entry)
+            self.stats.exchanges += len(out)
+            return out
+        # CONN_CLOSE
+        entry = self._conns.get(key)
+        if entry is None or entry.sock_id != event.sock_id:
+            return []
+        del self._conns[key]
+        self.stats.connections_closed += 1
+        out = self._finish(entry, event.ts)
+        self.stats.exchanges += len(out)
+        return out
+
+    def expire(self, now_mono_ns: int) -> list[Exchange]:
+        """Drop connections idle for longer than the idle timeout (oldest first)."""
+        out: list[Exchange] = []
+        limit = now_mono_ns - self._idle_ns
+        while self._conns:
+            key, entry = next(iter(self._conns.items()))
+            if entry.last_seen > limit:
+                break
+            del self._conns[key]
+            self.stats.expired += 1
+            out.extend(self._finish(entry, entry.last_seen))
+        return out
+
+    def close_all(self) -> list[Exchange]:
+        """Flush every connection (shutdown): close-delimited bodies end, unanswered requests are reported."""
+        out: list[Exchange] = []
+        while self._conns:
+            _key, entry = self._conns.popitem(last=False)
+            out.extend(self._finish(entry, entry.last_seen))
+        return out
+
+    def connections(self) -> list[Connection]:
+        return [replace(e.session.connection) for e in self._conns.values()]
