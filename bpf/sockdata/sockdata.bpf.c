@@ -13,6 +13,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "../include/sizing.h"
 #include "sockdata.h"
 
@@ -268,38 +269,79 @@ static __always_inline int is_self(__u32 tgid, __s32 fd)
 	return 1;
 }
 
+/* Fill `call` when fd is a traced TCP socket of a traced process; 0 when it is. */
+static __always_inline int prepare_call(struct active_call *call, __s32 fd, __u64 buf, __u32 vlen, __u8 kind,
+					__u8 syscall, __u8 dir)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct sock *sk;
+
+	if (is_self(tgid, fd) || !pid_allowed(tgid))
+		return -1;
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return -1;
+	read_tuple(sk, &call->tuple);
+	if (bpf_map_lookup_elem(&self_ports, &call->tuple.dport)) {
+		stat_add(STAT_SELF_SKIPPED, 1);
+		return -1;
+	}
+	if (!ports_allowed(&call->tuple))
+		return -1;
+	call->buf = buf;
+	call->sock_id = (__u64)sk;
+	call->fd = fd;
+	call->vlen = vlen;
+	call->kind = kind;
+	call->syscall = syscall;
+	call->direction = dir;
+	call->role = lookup_role(call->sock_id);
+	return 0;
+}
+
 /* Save an entering data syscall when fd is a traced TCP socket. */
 static __always_inline int enter_data(__s32 fd, __u64 buf, __u32 vlen, __u8 kind, __u8 syscall, __u8 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
 	struct active_call call = {};
-	struct sock *sk;
 
-	if (is_self(tgid, fd) || !pid_allowed(tgid))
-		return 0;
-	sk = fd_to_tcp_sock(fd);
-	if (!sk)
-		return 0;
-	read_tuple(sk, &call.tuple);
-	if (bpf_map_lookup_elem(&self_ports, &call.tuple.dport)) {
-		stat_add(STAT_SELF_SKIPPED, 1);
-		return 0;
-	}
-	if (!ports_allowed(&call.tuple))
+	if (prepare_call(&call, fd, buf, vlen, kind, syscall, dir))
 		return 0;
 	call.ts_enter = bpf_ktime_get_ns();
-	call.buf = buf;
-	call.sock_id = (__u64)sk;
-	call.fd = fd;
-	call.vlen = vlen;
-	call.kind = kind;
-	call.syscall = syscall;
-	call.direction = dir;
-	call.role = lookup_role(call.sock_id);
 	if (bpf_map_update_elem(&active, &id, &call, BPF_ANY))
 		stat_add(STAT_ACTIVE_FULL, 1);
 	return 0;
+}
+
+/* A syscall that was already blocked when the probes were attached (a server
+ * thread waiting in read() on a keep-alive connection) has no entry in
+ * `active`. Its arguments are still in the user registers saved at syscall
+ * entry (pt_regs at the top of the task's kernel stack, untouched until the
+ * return value is written), so the call is rebuilt from them at exit.
+ * bpf_task_pt_regs() appeared in 5.15; older kernels skip the fallback and
+ * pick the connection up on its next syscall. The message-header variants
+ * read the iovec pointer from user memory, as at entry. */
+static __always_inline int rebuild_call(struct active_call *call, __u8 syscall, __u8 kind, __u8 dir)
+{
+	struct pt_regs *regs;
+	__u64 a0, a1, a2;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return -1;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	a0 = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	a1 = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	a2 = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	if (syscall == SYS_RECVMSG || syscall == SYS_SENDMSG) {
+		struct user_msghdr mh;
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)a1))
+			return -1;
+		a1 = (__u64)mh.msg_iov;
+		a2 = mh.msg_iovlen;
+	}
+	if (kind == BUF_PLAIN)
+		a2 = 0;
+	return prepare_call(call, a0, a1, a2, kind, syscall, dir);
 }
 
 static __always_inline void fill_header(struct sock_data_event *h, const struct active_call *call, __u64 id, __u64 now)
@@ -367,22 +409,26 @@ static __always_inline __u32 copy_iov(struct data_scratch *s, __u64 iov_ptr, __u
 	return copied;
 }
 
-static __always_inline int exit_data(long ret)
+static __always_inline int exit_data(long ret, __u8 syscall, __u8 kind, __u8 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *call = bpf_map_lookup_elem(&active, &id);
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct data_scratch *s;
-	__u64 now;
+	struct active_call rebuilt = {};
+	__u64 now = bpf_ktime_get_ns();
 
-	if (!call)
-		return 0;
+	if (!call) {
+		if (ret <= 0 || rebuild_call(&rebuilt, syscall, kind, dir))
+			return 0;
+		rebuilt.ts_enter = now; /* unknown: the call began before we attached */
+		call = &rebuilt;
+	}
 	if (ret <= 0)
 		goto out;
 	s = bpf_map_lookup_elem(&scratch, &cpu);
 	if (!s)
 		goto out;
-	now = bpf_ktime_get_ns();
 	fill_header(&s->hdr, call, id, now);
 
 	if (call->kind == BUF_PLAIN) {
@@ -414,7 +460,8 @@ static __always_inline int exit_data(long ret)
 		}
 	}
 out:
-	bpf_map_delete_elem(&active, &id);
+	if (call != &rebuilt)
+		bpf_map_delete_elem(&active, &id);
 	return 0;
 }
 
@@ -496,27 +543,27 @@ int sys_enter_sendfile64(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int sys_exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_READ, BUF_PLAIN, DIR_INGRESS); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int sys_exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_WRITE, BUF_PLAIN, DIR_EGRESS); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int sys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_RECVFROM, BUF_PLAIN, DIR_INGRESS); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int sys_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_SENDTO, BUF_PLAIN, DIR_EGRESS); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int sys_exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_READV, BUF_IOV, DIR_INGRESS); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int sys_exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_WRITEV, BUF_IOV, DIR_EGRESS); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int sys_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_RECVMSG, BUF_IOV, DIR_INGRESS); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int sys_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_SENDMSG, BUF_IOV, DIR_EGRESS); }
 SEC("tracepoint/syscalls/sys_exit_recvmmsg")
-int sys_exit_recvmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_recvmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_RECVMMSG, BUF_MMSG, DIR_INGRESS); }
 SEC("tracepoint/syscalls/sys_exit_sendmmsg")
-int sys_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_SENDMMSG, BUF_MMSG, DIR_EGRESS); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret); }
+int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return exit_data(ctx->ret, SYS_SENDFILE, BUF_PLAIN, DIR_EGRESS); }
 
 /* ---- connection lifecycle ---- */
 

@@ -227,7 +227,7 @@ class RedactionProcessor:
         new_target = self._matcher.redact_url(target) if ("?" in target or "@" in target) else target
         req_headers = self._redact_headers(request.headers)
         req_trailers = self._redact_headers(request.trailers)
-        if new_target is not target or req_headers is not None or req_trailers is not None:
+        if new_target != target or req_headers is not None or req_trailers is not None:
             request = dataclasses.replace(
                 request,
                 target=new_target,

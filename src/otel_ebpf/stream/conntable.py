@@ -106,6 +106,9 @@ class ConnectionTable:
         self._idle_ns = int(idle_timeout_s * 1e9)
         self._listening = listening or ListeningPorts()
         self._conns: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        # Called with the pid of every new connection: lets the agent read /proc
+        # while a short-lived client still exists. Must be cheap (cached).
+        self.on_new_process = None
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -120,6 +123,11 @@ class ConnectionTable:
         return Role.UNKNOWN  # the session infers it from the first request's direction
 
     def _new_entry(self, event: SockDataEvent | ConnEvent, *, midstream: bool) -> _Entry:
+        if self.on_new_process is not None:
+            try:
+                self.on_new_process(event.tgid)
+            except Exception:  # enrichment is best effort
+                pass
         conn = Connection(
             pid=event.tgid, fd=event.fd, sock_id=event.sock_id, family=event.family,
             local_address=event.local_address, local_port=event.local_port,

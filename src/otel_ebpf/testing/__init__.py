@@ -19,8 +19,10 @@ from otel_ebpf.testing.otlp_receiver import (
     ReceivedRequest,
     ReceivedSpan,
 )
+from otel_ebpf.testing.sinks import ExchangeSink
 
 __all__ = [
+    "ExchangeSink",
     "SPAN_KIND_CLIENT",
     "SPAN_KIND_INTERNAL",
     "SPAN_KIND_SERVER",

@@ -96,9 +96,23 @@ def _lines(path):
     return path.read_text().splitlines()
 
 
-def test_a_batch_of_spans_becomes_one_line_that_parses_back_to_the_same_request(tmp_path):
+@pytest.fixture
+def exporters():
+    """Exporters made in a test, shut down (closing their files) after it."""
+    made = []
+
+    def make(cls, *args, **kwargs):
+        made.append(cls(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for exporter in made:
+        exporter.shutdown()
+
+
+def test_a_batch_of_spans_becomes_one_line_that_parses_back_to_the_same_request(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path)
+    exporter = exporters(OtlpJsonFileSpanExporter, path)
     parent = SpanContext(0x5B8EFFF798038103D269B633813FC60C, 0x1111111111111111, is_remote=True)
     spans = [
         _span("GET /a", resource=_process(1, "a"), parent=parent),
@@ -111,9 +125,9 @@ def test_a_batch_of_spans_becomes_one_line_that_parses_back_to_the_same_request(
     assert _parse_line(line, ExportTraceServiceRequest) == encode_spans(spans)
 
 
-def test_ids_are_hex_strings_enums_integers_and_names_lower_camel_case(tmp_path):
+def test_ids_are_hex_strings_enums_integers_and_names_lower_camel_case(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path)
+    exporter = exporters(OtlpJsonFileSpanExporter, path)
     linked = SpanContext(0xABCDEF0123456789ABCDEF0123456789, 0x0123456789ABCDEF, is_remote=True)
     span = ReadableSpan(
         name="GET",
@@ -145,9 +159,9 @@ def test_ids_are_hex_strings_enums_integers_and_names_lower_camel_case(tmp_path)
         assert re.fullmatch(r"[0-9a-f]{32}" if key == "traceId" else r"[0-9a-f]{16}", value), (key, value)
 
 
-def test_spans_of_different_processes_are_grouped_under_one_resource_each(tmp_path):
+def test_spans_of_different_processes_are_grouped_under_one_resource_each(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path)
+    exporter = exporters(OtlpJsonFileSpanExporter, path)
     spans = [
         _span("a1", resource=_process(1, "a")),
         _span("b1", resource=_process(2, "b")),
@@ -167,9 +181,9 @@ def test_spans_of_different_processes_are_grouped_under_one_resource_each(tmp_pa
     assert len(request.resource_spans) == 2
 
 
-def test_each_export_call_appends_one_line_and_empty_batches_write_nothing(tmp_path):
+def test_each_export_call_appends_one_line_and_empty_batches_write_nothing(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path)
+    exporter = exporters(OtlpJsonFileSpanExporter, path)
 
     exporter.export([_span("one", resource=_process(1, "a"))])
     assert exporter.export([]) is SpanExportResult.SUCCESS
@@ -182,10 +196,10 @@ def test_each_export_call_appends_one_line_and_empty_batches_write_nothing(tmp_p
     assert names == ["one", "two"]
 
 
-def test_the_file_rotates_at_max_bytes_keeping_only_the_newest_backups(tmp_path):
+def test_the_file_rotates_at_max_bytes_keeping_only_the_newest_backups(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
     line_size = len(encode_otlp_json(encode_spans([_span("s00", resource=_process(1, "a"))]))) + 1
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=2 * line_size, backups=2)
+    exporter = exporters(OtlpJsonFileSpanExporter, path, max_bytes=2 * line_size, backups=2)
 
     for index in range(7):  # 7 lines of equal size, two per file: files hold 1 | 2 | 2 | 2
         assert exporter.export([_span(f"s{index:02}", resource=_process(1, "a"))]) is SpanExportResult.SUCCESS
@@ -204,9 +218,9 @@ def test_the_file_rotates_at_max_bytes_keeping_only_the_newest_backups(tmp_path)
     assert all(f.stat().st_size <= 2 * line_size for f in tmp_path.iterdir())
 
 
-def test_with_no_backups_rotation_starts_the_file_over(tmp_path):
+def test_with_no_backups_rotation_starts_the_file_over(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=10, backups=0)
+    exporter = exporters(OtlpJsonFileSpanExporter, path, max_bytes=10, backups=0)
 
     exporter.export([_span("first", resource=_process(1, "a"))])
     exporter.export([_span("second", resource=_process(1, "a"))])
@@ -216,10 +230,10 @@ def test_with_no_backups_rotation_starts_the_file_over(tmp_path):
     assert "second" in line
 
 
-def test_an_existing_file_is_appended_to_and_its_size_counts_toward_rotation(tmp_path):
+def test_an_existing_file_is_appended_to_and_its_size_counts_toward_rotation(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
     path.write_text("x" * 100 + "\n")
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=150, backups=1)
+    exporter = exporters(OtlpJsonFileSpanExporter, path, max_bytes=150, backups=1)
 
     exporter.export([_span("new", resource=_process(1, "a"))])
 
@@ -227,18 +241,18 @@ def test_an_existing_file_is_appended_to_and_its_size_counts_toward_rotation(tmp
     assert "new" in path.read_text()
 
 
-def test_parent_directories_are_created(tmp_path):
+def test_parent_directories_are_created(tmp_path, exporters):
     path = tmp_path / "deep" / "er" / "traces.jsonl"
 
-    OtlpJsonFileSpanExporter(path).export([_span("s", resource=_process(1, "a"))])
+    exporters(OtlpJsonFileSpanExporter, path).export([_span("s", resource=_process(1, "a"))])
 
     assert len(_lines(path)) == 1
 
 
-def test_a_write_error_returns_failure_and_is_counted_without_raising(tmp_path):
+def test_a_write_error_returns_failure_and_is_counted_without_raising(tmp_path, exporters):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    exporter = OtlpJsonFileSpanExporter(blocker / "traces.jsonl")
+    exporter = exporters(OtlpJsonFileSpanExporter, blocker / "traces.jsonl")
 
     assert exporter.export([_span("s", resource=_process(1, "a"))]) is SpanExportResult.FAILURE
     assert exporter.export([_span("s", resource=_process(1, "a"))]) is SpanExportResult.FAILURE
@@ -247,8 +261,8 @@ def test_a_write_error_returns_failure_and_is_counted_without_raising(tmp_path):
     assert isinstance(exporter.last_error, OSError)
 
 
-def test_shutdown_is_idempotent_and_later_exports_fail(tmp_path):
-    exporter = OtlpJsonFileSpanExporter(tmp_path / "traces.jsonl")
+def test_shutdown_is_idempotent_and_later_exports_fail(tmp_path, exporters):
+    exporter = exporters(OtlpJsonFileSpanExporter, tmp_path / "traces.jsonl")
     exporter.export([_span("s", resource=_process(1, "a"))])
 
     exporter.shutdown()
@@ -259,9 +273,9 @@ def test_shutdown_is_idempotent_and_later_exports_fail(tmp_path):
     assert len(_lines(tmp_path / "traces.jsonl")) == 1
 
 
-def test_exports_from_many_threads_write_whole_lines(tmp_path):
+def test_exports_from_many_threads_write_whole_lines(tmp_path, exporters):
     path = tmp_path / "traces.jsonl"
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=20_000, backups=1000)
+    exporter = exporters(OtlpJsonFileSpanExporter, path, max_bytes=20_000, backups=1000)
 
     def work(worker):
         for index in range(25):
@@ -303,34 +317,45 @@ def _sum(value, resource):
     return ResourceMetrics(resource, [ScopeMetrics(SCOPE, [metric], "")], "")
 
 
-def test_metrics_are_written_cumulative_by_default_and_parse_back(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    exporter = OtlpJsonFileMetricExporter(path)
-    provider = MeterProvider(resource=_process(3, "m"), metric_readers=[PeriodicExportingMetricReader(exporter)])
-    provider.get_meter("otel-ebpf").create_counter("requests").add(5, {"route": "/a"})
+def _counter_values_over_two_collections(path, exporter):
+    """Add 5, export, add 2, export; return each line's (temporality, value) as written in JSON."""
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(resource=_process(3, "m"), metric_readers=[reader])
+    counter = provider.get_meter("otel-ebpf").create_counter("requests")
+    counter.add(5, {"route": "/a"})
+    reader.force_flush()
+    counter.add(2, {"route": "/a"})
+    reader.force_flush()
     provider.shutdown()
+    out = []
+    for line in _lines(path)[:2]:
+        request = _parse_line(line, ExportMetricsServiceRequest)
+        (metric,) = request.resource_metrics[0].scope_metrics[0].metrics
+        assert metric.name == "requests"
+        written = json.loads(line)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"]
+        out.append((written["aggregationTemporality"], metric.sum.data_points[0].as_int))
+    return out
 
-    request = _parse_line(_lines(path)[0], ExportMetricsServiceRequest)
-    (metric,) = request.resource_metrics[0].scope_metrics[0].metrics
-    assert metric.name == "requests"
-    assert metric.sum.aggregation_temporality == 2  # cumulative
-    assert metric.sum.data_points[0].as_int == 5
-    assert json.loads(_lines(path)[0])["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
-        "aggregationTemporality"
-    ] == 2
+
+def test_metrics_are_written_cumulative_by_default_and_parse_back(tmp_path, exporters):
+    path = tmp_path / "metrics.jsonl"
+    exporter = exporters(OtlpJsonFileMetricExporter, path)
+
+    assert _counter_values_over_two_collections(path, exporter) == [(2, 5), (2, 7)]  # 2: cumulative
 
 
-def test_metric_temporality_is_configurable_per_instrument(tmp_path):
-    exporter = OtlpJsonFileMetricExporter(
-        tmp_path / "metrics.jsonl", preferred_temporality={Counter: AggregationTemporality.DELTA}
+def test_metric_temporality_is_configurable_per_instrument(tmp_path, exporters):
+    path = tmp_path / "metrics.jsonl"
+    exporter = exporters(
+        OtlpJsonFileMetricExporter, path, preferred_temporality={Counter: AggregationTemporality.DELTA}
     )
 
-    assert exporter._preferred_temporality[Counter] is AggregationTemporality.DELTA
+    assert _counter_values_over_two_collections(path, exporter) == [(1, 5), (1, 2)]  # 1: delta
 
 
-def test_metrics_of_two_entries_with_equal_resources_are_both_kept(tmp_path):
+def test_metrics_of_two_entries_with_equal_resources_are_both_kept(tmp_path, exporters):
     path = tmp_path / "metrics.jsonl"
-    exporter = OtlpJsonFileMetricExporter(path)
+    exporter = exporters(OtlpJsonFileMetricExporter, path)
     data = MetricsData([_sum(1, _process(1, "a")), _sum(2, _process(1, "a"))])
 
     assert exporter.export(data) is MetricExportResult.SUCCESS
@@ -358,10 +383,10 @@ def test_log_records_are_written_with_hex_ids(tmp_path):
     assert request.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "ring buffer full"
 
 
-def test_a_log_exporter_write_error_returns_failure(tmp_path):
+def test_a_log_exporter_write_error_returns_failure(tmp_path, exporters):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    exporter = OtlpJsonFileLogExporter(blocker / "logs.jsonl")
+    exporter = exporters(OtlpJsonFileLogExporter, blocker / "logs.jsonl")
     provider = LoggerProvider()
     logger = provider.get_logger("x")
     captured = []

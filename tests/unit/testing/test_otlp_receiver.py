@@ -121,7 +121,9 @@ def test_spans_exported_over_http_with_gzip_arrive_decoded(receiver):
     assert spans[0].span_id == f"{server.get_span_context().span_id:016x}"
     assert spans[0].transport == "http"
     assert spans[0].attributes["http.response.status_code"] == 500
-    (request,) = [r for r in receiver.requests("traces") if r.message.resource_spans[0].scope_spans[0].spans[0].kind == 2]
+    (request,) = [
+        r for r in receiver.requests("traces") if r.message.resource_spans[0].scope_spans[0].spans[0].kind == 2
+    ]
     assert request.encoding == "protobuf"
     assert request.headers["content-encoding"] == "gzip"
 

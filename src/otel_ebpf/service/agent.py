@@ -1,0 +1,281 @@
+"""The agent: builds receivers → processors → telemetry → exporters from a ServiceConfig.
+
+Usage::
+
+    agent = Agent(ServiceConfig.embedded_default(environ=os.environ), pids=[], ports=[8080])
+    agent.start()          # exporters first, receivers last; raises on probe failure
+    ...
+    agent.shutdown()       # receivers first, then drain and flush everything; safe twice
+
+Lifecycle rules (written once, obeyed by every component): ``start()`` returns
+quickly; ``shutdown()`` is safe twice and before ``start()``; exporters start
+first and receivers last, and shutdown stops receivers first so that what they
+already captured drains downstream before the exporters close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
+from ..processinfo import ProcessInfoCache
+from ..processors.redaction import RedactionConfig, RedactionProcessor
+from ..processors.routes import RoutesProcessor
+from ..receivers.http import HttpReceiver
+from ..telemetry.jsonfile import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
+from ..telemetry.metrics import HttpMetricsAggregator, SelfMetrics
+from ..telemetry.pipeline import TelemetryPipeline
+from ..telemetry.spans import SpanBuilder
+from ..telemetry.summary import RedSummary, SummaryPrinter
+from .config import ExporterConfig, ServiceConfig
+
+__all__ = ["Agent", "parse_resource_attributes"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_resource_attributes(value: str | None) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (k=v,k2=v2, values percent-decoded)."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in (value or "").split(","):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            if k.strip():
+                out[k.strip()] = unquote(v.strip())
+    return out
+
+
+def _span_exporter(cfg: ExporterConfig) -> SpanExporter | None:
+    if cfg.type == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(**_otlp_kwargs(cfg, grpc=True))
+    if cfg.type == "otlphttp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+        return HttpSpanExporter(**_otlp_kwargs(cfg, grpc=False, signal="traces"))
+    if cfg.type == "console":
+        return ConsoleSpanExporter()
+    if cfg.type == "file":
+        return OtlpJsonFileSpanExporter(Path(cfg.directory) / "traces.jsonl", max_bytes=cfg.max_bytes,
+                                        backups=cfg.backups)
+    return None
+
+
+def _metric_exporter(cfg: ExporterConfig) -> MetricExporter | None:
+    if cfg.type == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(**_otlp_kwargs(cfg, grpc=True))
+    if cfg.type == "otlphttp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+
+        return HttpMetricExporter(**_otlp_kwargs(cfg, grpc=False, signal="metrics"))
+    if cfg.type == "console":
+        return ConsoleMetricExporter()
+    if cfg.type == "file":
+        return OtlpJsonFileMetricExporter(Path(cfg.directory) / "metrics.jsonl", max_bytes=cfg.max_bytes,
+                                          backups=cfg.backups)
+    return None
+
+
+def _otlp_kwargs(cfg: ExporterConfig, *, grpc: bool, signal: str = "") -> dict[str, Any]:
+    """Only what the YAML sets: everything else comes from the exporters' own OTEL_* handling."""
+    kw: dict[str, Any] = {}
+    if cfg.endpoint:
+        if grpc:
+            kw["endpoint"] = cfg.endpoint
+            if cfg.insecure is None:
+                kw["insecure"] = cfg.endpoint.startswith("http://")
+        else:
+            kw["endpoint"] = cfg.endpoint.rstrip("/") + f"/v1/{signal}"
+    if grpc and cfg.insecure is not None:
+        kw["insecure"] = cfg.insecure
+    if cfg.headers:
+        kw["headers"] = dict(cfg.headers)
+    if cfg.timeout is not None:
+        kw["timeout"] = cfg.timeout
+    if cfg.compression is not None:
+        if grpc:
+            from grpc import Compression
+
+            kw["compression"] = Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression
+        else:
+            from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+
+            kw["compression"] = HttpCompression.Gzip if cfg.compression == "gzip" else HttpCompression.NoCompression
+    return kw
+
+
+class Agent:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        pids: list[int] | None = None,
+        ports: list[int] | None = None,
+        environ: dict[str, str] | None = None,
+        summary_stream: TextIO | None = None,
+        record_path: str | None = None,
+    ):
+        self.config = config
+        environ = dict(os.environ if environ is None else environ)
+        self.self_metrics = SelfMetrics()
+        self.process_info = ProcessInfoCache()
+        resource_attrs = parse_resource_attributes(environ.get("OTEL_RESOURCE_ATTRIBUTES"))
+        self.span_builder = SpanBuilder(host_name=socket.gethostname(), process_info=self.process_info,
+                                        resource_attributes=resource_attrs)
+        self.aggregator = HttpMetricsAggregator(self_metrics=self.self_metrics,
+                                                agent_resource=self.span_builder.agent_resource)
+
+        # Which components are used by which signal.
+        span_exporter_names, metric_exporter_names, processor_names, receiver_names = [], [], [], []
+        for pname, pipe in config.pipelines.items():
+            target = span_exporter_names if pname.startswith("traces") else metric_exporter_names
+            for e in pipe.exporters:
+                if e not in target:
+                    target.append(e)
+            for p in pipe.processors:
+                if p not in processor_names:
+                    processor_names.append(p)
+            for r in pipe.receivers:
+                if r not in receiver_names:
+                    receiver_names.append(r)
+
+        self.summary: RedSummary | None = None
+        self._printer: SummaryPrinter | None = None
+        span_exporters: list[SpanExporter] = []
+        metric_exporters: list[MetricExporter] = []
+        for name in span_exporter_names:
+            cfg = config.exporters[name]
+            if cfg.type == "summary":
+                self.summary = RedSummary()
+                self._printer = SummaryPrinter(self.summary, summary_stream or sys.stdout, interval_s=cfg.interval,
+                                               counters_fn=self._summary_counters)
+                continue
+            exp = _span_exporter(cfg)
+            if exp is not None:
+                span_exporters.append(exp)
+        for name in metric_exporter_names:
+            exp = _metric_exporter(config.exporters[name])
+            if exp is not None:
+                metric_exporters.append(exp)
+
+        processors = []
+        for name in processor_names:
+            pcfg = config.processors[name]
+            processors.append(RedactionProcessor(pcfg) if isinstance(pcfg, RedactionConfig) else RoutesProcessor(pcfg))
+
+        self.pipeline = TelemetryPipeline(
+            span_builder=self.span_builder, metrics_aggregator=self.aggregator, span_exporters=span_exporters,
+            metric_exporters=metric_exporters, processors=processors, self_metrics=self.self_metrics,
+            metric_interval_s=config.metrics_interval,
+            on_exchange=self._on_exchange if self.summary is not None else None,
+        )
+        self.receivers: list[HttpReceiver] = []
+        for name in receiver_names:
+            rcfg = config.receivers[name]
+            if pids:
+                rcfg = replace(rcfg, pids=list(pids))
+            if ports:
+                rcfg = replace(rcfg, ports=list(ports))
+            if record_path:
+                rcfg = replace(rcfg, record_path=record_path)
+            receiver = HttpReceiver(rcfg, self.pipeline)
+            receiver.table.on_new_process = self.process_info.get  # read /proc while the process lives
+            self.receivers.append(receiver)
+            self.self_metrics.register(self._receiver_counters(receiver))
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    @staticmethod
+    def _receiver_counters(receiver: HttpReceiver):
+        names = {
+            "kernel.events": "otel_ebpf.ringbuf.events",
+            "kernel.lost": "otel_ebpf.ringbuf.lost",
+            "kernel.active_full": "otel_ebpf.kernel.calls_untraced",
+            "kernel.truncated": "otel_ebpf.kernel.payloads_truncated",
+            "kernel.decode_errors": "otel_ebpf.ringbuf.decode_errors",
+            "table.evicted": "otel_ebpf.connections.evicted",
+            "table.expired": "otel_ebpf.connections.expired",
+            "table.connections_opened": "otel_ebpf.connections.opened",
+            "http1.messages": "otel_ebpf.http1.messages",
+            "http1.parse_errors": "otel_ebpf.http1.parse_errors",
+            "http1.non_http_connections": "otel_ebpf.http1.non_http_connections",
+            "http1.truncated_messages": "otel_ebpf.http1.truncated_messages",
+            "http1.resyncs": "otel_ebpf.http1.resyncs",
+            "http1.orphan_responses": "otel_ebpf.http1.orphan_responses",
+            "http1.dropped_pending": "otel_ebpf.http1.dropped_pending",
+            "consumer_errors": "otel_ebpf.receiver.consumer_errors",
+        }
+
+        def counters() -> dict[str, int]:
+            stats = receiver.stats() if not getattr(receiver, "_stopped", False) else getattr(receiver, "last_stats", {})
+            return {metric: stats[key] for key, metric in names.items() if key in stats}
+
+        return counters
+
+    def _summary_counters(self) -> dict[str, int]:
+        snap = self.self_metrics.snapshot()
+        keep = ("otel_ebpf.ringbuf.events", "otel_ebpf.ringbuf.lost", "otel_ebpf.exchanges",
+                "otel_ebpf.http1.parse_errors", "otel_ebpf.pipeline.dropped", "otel_ebpf.export.failed")
+        return {k.removeprefix("otel_ebpf."): int(v) for k, v in snap.items() if k in keep}
+
+    def _on_exchange(self, exchange, span) -> None:
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        service = str(span.resource.attributes.get("service.name", "unknown"))
+        kind = "server" if span.kind == SpanKind.SERVER else "client" if span.kind == SpanKind.CLIENT else "other"
+        self.summary.record(service, kind, (exchange.end_ns - exchange.start_ns) / 1e9,
+                            span.status.status_code == StatusCode.ERROR, exchange.end_ns / 1e9)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.pipeline.start()
+        started: list[HttpReceiver] = []
+        try:
+            for r in self.receivers:
+                r.start()
+                started.append(r)
+        except BaseException:
+            for r in started:
+                r.shutdown()
+            self.pipeline.shutdown(timeout_s=5)
+            raise
+        if self._printer is not None:
+            self._printer.start()
+
+    @property
+    def attached_programs(self) -> list[str]:
+        return [p for r in self.receivers for p in r.attached_programs]
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        return self.pipeline.force_flush(timeout_s)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        deadline = time.monotonic() + timeout_s
+        for r in self.receivers:
+            r.shutdown()
+        self.pipeline.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
+        if self._printer is not None:
+            self._printer.stop()
