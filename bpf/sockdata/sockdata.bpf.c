@@ -586,6 +586,7 @@ static __always_inline void emit_conn(__u32 type, __s32 fd, struct sock *sk, __u
 	e->sock_id = (__u64)sk;
 	e->role = role;
 	read_tuple(sk, &e->tuple);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, rb_flags());
 	stat_add(STAT_EVENTS, 1);
 }

@@ -79,6 +79,7 @@ struct conn_event {
 	__u8 role;
 	__u8 _pad[7];
 	struct conn_tuple tuple;
+	char comm[16]; /* task comm: names short-lived clients gone before /proc is read */
 };
 
 /* Run-time filters (array map `filter_cfg`, one entry); apply without reload. */

@@ -339,6 +339,21 @@ class ProcessInfoCache:
         with self._lock:
             self._entries.pop(pid, None)
 
+    def remember(self, pid: int, comm: str = "") -> ProcessInfo:
+        """Read ``pid`` now, while it lives (cached like :meth:`get`).
+
+        ``comm`` is the kernel's task name seen with the pid: when the process has
+        already exited it still names the executable and the service (a curl that
+        made one request and left before /proc could be read).
+        """
+        info = self.get(pid)
+        if not info.alive and comm:
+            info = ProcessInfo(pid=pid, executable_name=comm, command_line=f"[{comm}]", service_name=comm,
+                               alive=False)
+            with self._lock:
+                self._entries[pid] = (info, self._clock())
+        return info
+
     def get(self, pid: int) -> ProcessInfo:
         now = self._clock()
         with self._lock:

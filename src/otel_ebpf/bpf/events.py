@@ -96,6 +96,7 @@ class ConnEvent:
     local_port: int
     remote_address: str
     remote_port: int
+    comm: str = ""
 
 
 _DATA_FIELDS = [
@@ -104,7 +105,7 @@ _DATA_FIELDS = [
 ]
 _CONN_FIELDS = [
     "type", "tgid", "tid", "fd", "ts", "sock_id", "role",
-    "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+    "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family", "comm",
 ]
 _ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), "stat_index": (Stat, "STAT_")}
 
@@ -160,12 +161,12 @@ class SockDataCodec:
                     _addr(family, daddr), dport, rec[start : start + captured],
                 )
             if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
-                (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family) = self._conn.unpack_from(
-                    rec, 0
-                )
+                (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family,
+                 comm) = self._conn.unpack_from(rec, 0)
                 return ConnEvent(
                     EventType(t), tgid, tid, fd, ts, sock_id, Role(role), 4 if family == socket.AF_INET else 6,
                     _addr(family, saddr), sport, _addr(family, daddr), dport,
+                    comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                 )
         except (ValueError, IndexError, OSError):
             pass

@@ -39,6 +39,9 @@ So ``v1``, ``v2``, ``sha256``, ``ipv6``, ``users``, ``reset-password`` stay as t
 Templates are cut after 32 segments (``/…/*``). Non-path targets (``CONNECT host:443``)
 get no template; ``OPTIONS *`` gets ``*``. A bounded cache maps path → (route, template)
 (``cache_size``, evictions counted in ``cache_evictions``).
+
+When no configured pattern matches, a ``route`` or ``url_template`` an earlier stage already set
+is kept (the guess only fills what is missing); a configured match always wins.
 """
 
 from __future__ import annotations
@@ -275,6 +278,10 @@ class RoutesProcessor:
             route, template = self.lookup(path)
         except Exception:
             return exchange
+        if route is None:
+            # nothing configured matched: keep what an earlier stage knew
+            route = exchange.route
+            template = exchange.url_template or exchange.route or template
         if route == exchange.route and template == exchange.url_template:
             return exchange
         return dataclasses.replace(exchange, route=route, url_template=template)

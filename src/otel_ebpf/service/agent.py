@@ -194,7 +194,7 @@ class Agent:
             if record_path:
                 rcfg = replace(rcfg, record_path=record_path)
             receiver = HttpReceiver(rcfg, self.pipeline)
-            receiver.table.on_new_process = self.process_info.get  # read /proc while the process lives
+            receiver.table.on_new_process = self.process_info.remember  # read /proc while the process lives
             self.receivers.append(receiver)
             self.self_metrics.register(self._receiver_counters(receiver))
         self._lock = threading.Lock()

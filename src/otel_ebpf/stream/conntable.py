@@ -106,8 +106,8 @@ class ConnectionTable:
         self._idle_ns = int(idle_timeout_s * 1e9)
         self._listening = listening or ListeningPorts()
         self._conns: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
-        # Called with the pid of every new connection: lets the agent read /proc
-        # while a short-lived client still exists. Must be cheap (cached).
+        # Called with (pid, comm or "") of every new connection: lets the agent read
+        # /proc while a short-lived client still exists. Must be cheap (cached).
         self.on_new_process = None
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ class ConnectionTable:
     def _new_entry(self, event: SockDataEvent | ConnEvent, *, midstream: bool) -> _Entry:
         if self.on_new_process is not None:
             try:
-                self.on_new_process(event.tgid)
+                self.on_new_process(event.tgid, getattr(event, "comm", ""))
             except Exception:  # enrichment is best effort
                 pass
         conn = Connection(

@@ -164,7 +164,13 @@ class SelfMetrics:
             out.append((_SELF_DROPPED, {}, self._dropped))
         if self._callback_errors:
             out.append((_CALLBACK_ERRORS, {}, self._callback_errors))
-        return out
+        # one point per (name, attributes): a callback may report a name that is also add()ed
+        merged: dict[tuple[str, AttrKey], tuple[str, dict[str, Any], int | float]] = {}
+        for name, attrs, value in out:
+            key = (name, _key(attrs))
+            prev = merged.get(key)
+            merged[key] = (name, attrs, value if prev is None else prev[2] + value)
+        return list(merged.values())
 
     def snapshot(self) -> dict[str, int | float]:
         """Totals by counter name (all attribute sets summed)."""

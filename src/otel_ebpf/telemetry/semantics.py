@@ -40,7 +40,8 @@ Choices where semconv leaves room (all stable HTTP span conventions otherwise):
   client ``>= 400``, any code outside 100..599 on either side), ``response_missing`` when the
   connection ended or the exchange was given up before a response. Nothing else is reported.
 * **Status**: ERROR in exactly the ``error.type`` cases, description only for
-  ``response_missing``; UNSET otherwise. Role UNKNOWN is treated like a server.
+  ``response_missing``; UNSET otherwise. Role UNKNOWN gets kind INTERNAL and is otherwise
+  treated like a server (attributes, status).
 * Also: ``network.peer.address``/``port``, ``network.protocol.version`` (request line),
   ``user_agent.original``, ``http.request.body.size`` (always) / ``http.response.body.size``
   (with a response), ``url.template``, ``http.route``, ``thread.id`` (when the tid is known).

@@ -149,3 +149,13 @@ def test_duplicate_patterns_and_bad_cache_sizes_are_rejected():
         RoutesConfig(patterns=["/a", "/a"]).validate()
     with pytest.raises(ValueError, match=r"^routes.cache_size:"):
         RoutesConfig(cache_size=0).validate()
+
+
+def test_a_route_or_template_set_by_an_earlier_stage_is_kept_when_nothing_configured_matches():
+    processor = RoutesProcessor(RoutesConfig(patterns=["/users/{id}"]))
+    ex = processor.process(make_exchange(target="/rpc/Greeter/SayHello", route="/Greeter/SayHello"))
+    assert (ex.route, ex.url_template) == ("/Greeter/SayHello", "/Greeter/SayHello")
+    ex = processor.process(make_exchange(target="/x/1", url_template="/x/{n}"))
+    assert (ex.route, ex.url_template) == (None, "/x/{n}")
+    ex = processor.process(make_exchange(target="/users/1", route="/old", url_template="/old"))
+    assert (ex.route, ex.url_template) == ("/users/{id}", "/users/{id}")

@@ -20,6 +20,7 @@ from otel_ebpf.protocols.http1 import (
     RequestHead,
     ResponseHead,
     Resync,
+    Skipped,
 )
 from otel_ebpf.records import Connection, Direction, Role
 
@@ -143,6 +144,11 @@ def run(feed, *, view="server", role=None, stats=None, close=True, **options):
 def exchanges_of(name, **kwargs):
     out, at_close, _, _ = run(pieces(load(name)), **kwargs)
     return out + at_close
+
+
+def essence(exchanges):
+    """Exchanges without their times and tids (which depend on how a feed was cut into units)."""
+    return [(ex.connection, ex.request, ex.response, ex.warnings) for ex in exchanges]
 
 
 def assert_paired_by_echo(exchanges):
@@ -323,11 +329,11 @@ def test_chunked_event_streams_from_aiohttp_are_parsed():
 
 def test_uncaptured_bytes_inside_content_length_bodies_are_skipped_by_length_without_resync():
     chunks = load("big_bodies")
-    reference = exchanges_of("big_bodies")
-    for merge in (True, False):
+    for merge in (True, False):  # one unit per read/write, or per recorded recv
+        reference, ref_close, _, _ = run(pieces(chunks, merge=merge))
         out, at_close, _, stats = run(pieces(chunks, merge=merge, max_capture=1024))
-        assert out + at_close == reference
-        assert stats.resyncs == 0 and stats.truncated_messages == 0
+        assert stats.skipped_bytes == 0 and stats.resyncs == 0 and stats.truncated_messages == 0
+        assert out + at_close == reference + ref_close
     assert reference[0].response.body_size == 50000 and reference[1].request.body_size == 20000
 
 
@@ -336,11 +342,16 @@ def test_uncaptured_bytes_inside_a_chunked_body_resync_on_the_next_head_without_
     exchanges = out + at_close
     assert len(exchanges) == 5
     assert_paired_by_echo(exchanges)
-    truncated = [ex for ex in exchanges if ex.warnings]
-    assert [ex.request.target for ex in truncated] == ["/stream?sizes=5,3000,1", "/stream?sizes=2000,2500,700"]
-    assert all(ex.warnings == ("response body truncated",) for ex in truncated)
-    assert truncated[0].response.trailers == ()
-    assert stats.resyncs == 2 and stats.truncated_messages == 2 and stats.parse_errors == 0
+    truncated = {ex.request.target: ex.warnings for ex in exchanges if ex.warnings}
+    assert truncated == {
+        "/stream?sizes=5,3000,1": ("response body truncated",),
+        "/stream?sizes=2000,2500,700": ("response body truncated",),
+        "/upload": ("request body truncated",),  # its chunked request body was cut too
+    }
+    assert exchanges[0].response.trailers == () and exchanges[0].response.body_size < 3006
+    assert exchanges[3].response.status == 201 and exchanges[3].response.body_size > 0
+    assert stats.resyncs == 3 and stats.truncated_messages == 3 and stats.parse_errors == 0
+    truncated = [exchanges[0]]
     # the exchange that lost its framing ends at the last chunk seen
     assert truncated[0].end_ns == truncated[0].start_ns + 1000 + 10
 
@@ -350,18 +361,19 @@ def test_heads_cut_by_capture_are_reported_from_their_start_line_and_keep_the_pa
     cookie, long_target, small = out + at_close
     assert cookie.warnings == ("request head truncated",) and cookie.response.status == 200
     assert cookie.request.target == "/items/1" and cookie.response.header("x-path") == "/items/1"
-    assert long_target.warnings == ("request head truncated",)
-    assert long_target.response.header("x-path").startswith(long_target.request.target)
+    assert long_target.warnings == ("request head truncated", "response head truncated")  # X-Path echoes it
+    assert long_target.request.target.startswith("/items/2?q=aaa") and long_target.response.status == 200
     assert len(long_target.request.target) < 4096
     assert small.request.target == "/items/3" and small.response.header("x-path") == "/items/3" and not small.warnings
-    assert stats.resyncs == 2 and stats.truncated_messages == 2
+    assert stats.resyncs == 3 and stats.truncated_messages == 3
 
 
 def test_resync_discards_chunks_until_one_begins_with_a_head():
     p = Http1Parser(MessageKind.RESPONSE)
     events = p.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", 1, 2, missing=500)
-    assert [type(e) for e in events] == [ResponseHead, MessageEnd, Resync]
+    assert [type(e) for e in events] == [ResponseHead, MessageEnd, Resync, Skipped]
     assert events[1].truncated and events[1].body_size == 16
+    assert events[3].nbytes == 500 - 13
     assert p.receive_data(b"more body HTTP/1.1 200 OK\r\n", 3, 4) != []  # skipped, reported
     assert p.state_name == "hunt"
     events = p.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n", 5, 6)
@@ -424,13 +436,13 @@ def test_a_framing_error_after_valid_messages_resyncs_instead_of_killing_the_ses
 def test_midstream_attach_skips_to_the_first_request_head_and_drops_earlier_responses():
     chunks = load("keepalive_100")
     # attach in the middle of request 10: its tail, then its response, then the rest
-    tail = [("c", chunks[30][1][7:])] + chunks[31:]
-    assert chunks[30][0] == "c"
+    i = [index for index, (side, _) in enumerate(chunks) if side == "c"][10]
+    tail = [("c", chunks[i][1][7:])] + chunks[i + 1:]
     out, at_close, session, stats = run(pieces(tail), midstream=True)
     assert len(out) == 89 and at_close == []
-    assert stats.skipped_bytes == len(chunks[30][1]) - 7
+    assert stats.skipped_bytes == len(chunks[i][1]) - 7
     assert stats.orphan_responses == 1
-    assert out == exchanges_of("keepalive_100")[11:]
+    assert essence(out) == essence(exchanges_of("keepalive_100")[11:])
     # without midstream, the same bytes are garbage
     out, _, session, stats = run(pieces(tail))
     assert out == [] and session.dead and stats.non_http_connections == 1
@@ -438,10 +450,11 @@ def test_midstream_attach_skips_to_the_first_request_head_and_drops_earlier_resp
 
 def test_midstream_with_an_unknown_role_locks_on_the_first_head_of_either_direction():
     chunks = load("keepalive_100")
-    tail = [("s", chunks[2][1][20:])] + chunks[3:]
+    assert chunks[1][0] == "s"
+    tail = [("s", chunks[1][1][20:])] + chunks[2:]  # attached in the middle of response 0
     out, _, session, stats = run(pieces(tail, random_splits, seed=3), role=Role.UNKNOWN, midstream=True)
     assert session.connection.role == Role.SERVER
-    assert out == exchanges_of("keepalive_100")[1:]
+    assert essence(out) == essence(exchanges_of("keepalive_100")[1:])
 
 
 def test_midstream_gives_up_on_a_stream_without_any_request_head():
@@ -563,8 +576,9 @@ def test_a_parser_of_unknown_kind_takes_the_kind_of_its_first_head():
     (head, end) = parser.receive_data(b"DELETE /x HTTP/1.0\r\n\r\n", 1, 1)
     assert isinstance(head, RequestHead) and head.version == "1.0" and end.body_size == 0
     assert parser.kind is MessageKind.REQUEST
-    (error, resync) = parser.receive_data(b"HTTP/1.1 200 OK\r\n\r\n", 2, 2)
+    (error, resync, skipped) = parser.receive_data(b"HTTP/1.1 200 OK\r\n\r\n", 2, 2)
     assert isinstance(error, ParseError) and not error.fatal and isinstance(resync, Resync)
+    assert skipped == Skipped(19, 2)
 
 
 # ---------------------------------------------------------------------------------------------

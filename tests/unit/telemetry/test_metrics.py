@@ -281,3 +281,11 @@ def test_self_metrics_series_are_capped():
 def test_bad_boundaries_are_rejected():
     with pytest.raises(ValueError):
         HttpMetricsAggregator(boundaries=[1.0, 0.5])
+
+
+def test_a_name_both_added_and_reported_by_a_callback_is_one_point():
+    self_metrics = SelfMetrics()
+    self_metrics.add("otel_ebpf.x", 2)
+    self_metrics.register(lambda: {"otel_ebpf.x": 3})
+    (metric,) = self_metrics.to_metrics(NOW)
+    assert [p.value for p in metric.data.data_points] == [5]
