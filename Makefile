@@ -7,7 +7,6 @@ ARCH := x86
 TRACERS := $(notdir $(patsubst %/,%,$(dir $(wildcard bpf/*/*.bpf.c))))
 BPF_OBJ := $(foreach t,$(TRACERS),src/otel_ebpf/bpf/objects/$(t).bpf.o)
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make curl wrk nghttp2-client nginx-light
-STAMP := .setup-stamp
 
 .PHONY: setup run test bench bpf clean vmlinux system-deps venv tracefs
 

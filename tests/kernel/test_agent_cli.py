@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.conftest import run_client
+from .support import run_client
 
 from otel_ebpf.testing import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, OtlpReceiver
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest_helpers import server_side, client_side
-from kernel.conftest import APPS, PY, run_client
+from .support import APPS, PY, client_side, run_client, server_side
 
 from otel_ebpf.records import Role
 

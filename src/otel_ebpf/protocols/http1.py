@@ -186,6 +186,10 @@ class MessageKind(enum.StrEnum):
     RESPONSE = "response"
 
 
+_REQUEST = MessageKind.REQUEST  # module constants: enum attribute lookups are slow on the hot path
+_RESPONSE = MessageKind.RESPONSE
+
+
 @dataclass(slots=True)
 class RequestHead:
     """A request head was parsed. ``ts``/``tid``: the chunk holding its first byte."""
@@ -367,12 +371,78 @@ class Http1Parser:
 
     def receive_data(self, data: bytes, ts_first: int, ts_last: int, missing: int = 0, *, tid: int = 0) -> list[Event]:
         """Feed one chunk: ``data`` as captured, then ``missing`` bytes that were not captured."""
-        if self._state >= _SWITCHED:
+        state = self._state
+        if state >= _SWITCHED:
             return []
         self._last_ts = ts_last
         events: list[Event] = []
         try:
-            self._receive(data, ts_first, ts_last, missing, tid, events)
+            n = len(data)
+            pos = 0
+            skipped = 0
+            if state == _HUNT:
+                if not self._begins_with_head(data):
+                    if n or missing:
+                        events.append(Skipped(n + missing, ts_last))
+                    return events
+                self._state = _HEAD
+                self._tentative = True
+            while pos < n:
+                state = self._state
+                if state == _HEAD:
+                    # Fast path: a whole CRLF head at pos, nothing buffered.
+                    if not self._buf:
+                        c = data[pos]
+                        if c != 13 and c != 10:
+                            e = data.find(b"\r\n\r\n", pos)
+                            if e >= 0 and e - pos <= self._max_head:
+                                self._head_ts = ts_first
+                                self._head_tid = tid
+                                if self._parse_head(data[pos:e], events, False):
+                                    if self._state != _HUNT:  # else: a tentative head failed, skip the rest
+                                        pos = e + 4
+                                    continue
+                    pos = self._read_head(data, pos, ts_first, tid, events)
+                elif state == _BODY or state == _CHUNK_DATA:
+                    rem = self._remaining
+                    avail = n - pos
+                    if avail < rem:
+                        self._remaining = rem - avail
+                        self.body_size += avail
+                        pos = n
+                    else:
+                        pos += rem
+                        self.body_size += rem
+                        self._remaining = 0
+                        if state == _BODY:
+                            self._finish(ts_last, events)
+                        else:
+                            self._state = _CHUNK_CRLF
+                elif state == _UNTIL_CLOSE:
+                    self.body_size += n - pos
+                    pos = n
+                elif state <= _TRAILERS:  # _CHUNK_SIZE, _CHUNK_CRLF, _TRAILERS: line by line
+                    nl = data.find(b"\n", pos)
+                    if nl < 0:
+                        self._line += data[pos:]
+                        pos = n
+                        if len(self._line) > MAX_CHUNK_LINE_BYTES:
+                            self._fail("chunk framing line too long", events)
+                        continue
+                    line = data[pos:nl]
+                    if self._line:
+                        line = self._line + line
+                        self._line = b""
+                    pos = nl + 1
+                    self._on_line(line, ts_last, events)
+                else:  # _HUNT (framing lost inside this chunk), _SWITCHED, _DEAD: the rest is not parsed
+                    if state == _HUNT:
+                        skipped = n - pos
+                    break
+            if missing:
+                skipped += self._on_missing(missing, events)
+            if skipped:
+                events.append(Skipped(skipped, ts_last))
         except Exception as exc:  # a bug; contained so that no input can break the caller
             self._state = _DEAD
             events.append(ParseError(f"internal error: {exc!r}", ts_last, True))
@@ -401,62 +471,6 @@ class Http1Parser:
         return _STATE_NAMES[self._state]
 
     # -- chunk loop ---------------------------------------------------------------------------
-
-    def _receive(self, data: bytes, ts_first: int, ts_last: int, missing: int, tid: int, events: list[Event]) -> None:
-        n = len(data)
-        pos = 0
-        skipped = 0
-        if self._state == _HUNT:
-            if not self._begins_with_head(data):
-                if n or missing:
-                    events.append(Skipped(n + missing, ts_last))
-                return
-            self._state = _HEAD
-            self._tentative = True
-        while pos < n:
-            state = self._state
-            if state == _HEAD:
-                pos = self._read_head(data, pos, ts_first, tid, events)
-            elif state == _BODY or state == _CHUNK_DATA:
-                rem = self._remaining
-                avail = n - pos
-                if avail < rem:
-                    self._remaining = rem - avail
-                    self.body_size += avail
-                    pos = n
-                else:
-                    pos += rem
-                    self.body_size += rem
-                    self._remaining = 0
-                    if state == _BODY:
-                        self._finish(ts_last, events)
-                    else:
-                        self._state = _CHUNK_CRLF
-            elif state == _UNTIL_CLOSE:
-                self.body_size += n - pos
-                pos = n
-            elif state <= _TRAILERS:  # _CHUNK_SIZE, _CHUNK_CRLF, _TRAILERS: line by line
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    self._line += data[pos:]
-                    pos = n
-                    if len(self._line) > MAX_CHUNK_LINE_BYTES:
-                        self._fail("chunk framing line too long", events)
-                    continue
-                line = data[pos:nl]
-                if self._line:
-                    line = self._line + line
-                    self._line = b""
-                pos = nl + 1
-                self._on_line(line, ts_last, events)
-            else:  # _HUNT (framing lost inside this chunk), _SWITCHED, _DEAD: the rest is not parsed
-                if state == _HUNT:
-                    skipped = n - pos
-                break
-        if missing:
-            skipped += self._on_missing(missing, events)
-        if skipped:
-            events.append(Skipped(skipped, ts_last))
 
     # -- heads ----------------------------------------------------------------------------------
 
@@ -532,12 +546,12 @@ class Http1Parser:
         kind = self.kind
         if complete:
             return bool(
-                (kind is not MessageKind.RESPONSE and _REQUEST_LINE_B.fullmatch(line))
-                or (kind is not MessageKind.REQUEST and _STATUS_LINE_B.fullmatch(line))
+                (kind is not _RESPONSE and _REQUEST_LINE_B.fullmatch(line))
+                or (kind is not _REQUEST and _STATUS_LINE_B.fullmatch(line))
             )
         return bool(
-            (kind is not MessageKind.RESPONSE and _REQUEST_PREFIX_B.fullmatch(line))
-            or (kind is not MessageKind.REQUEST and _STATUS_PREFIX_B.fullmatch(line))
+            (kind is not _RESPONSE and _REQUEST_PREFIX_B.fullmatch(line))
+            or (kind is not _REQUEST and _STATUS_PREFIX_B.fullmatch(line))
         )
 
     def _begins_with_head(self, data: bytes) -> bool:
@@ -553,96 +567,82 @@ class Http1Parser:
             return self._start_line_ok(data[i:nl], True)
         return self._start_line_ok(data[i : i + _PREFIX_CHECK], False)
 
-    def _parse_head(self, content: bytes, events: list[Event]) -> None:
-        """Parses a complete head (without its final empty line) and sets up the body state."""
+    def _parse_head(self, content: bytes, events: list[Event], bare_lf_ok: bool = True) -> bool:
+        """Parses a complete head (without its final empty line) and sets up the body state.
+        Returns False, having done nothing, if ``content`` has bare-LF line ends and not
+        ``bare_lf_ok`` (it was cut at the first CRLFCRLF, but an earlier LFLF may end the head).
+        The hot path: one function, no per-byte work."""
         text = content.decode("latin-1")
         lines = text.split("\r\n")
         if text.count("\n") != len(lines) - 1:  # bare LF line ends somewhere
+            if not bare_lf_ok:
+                return False
             lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-        first = lines[0]
         kind = self.kind
-        if kind is not MessageKind.RESPONSE:
-            m = _REQUEST_LINE.fullmatch(first)
-            if m is not None:
-                self._request_head(m, lines, events)
-                return
-        if kind is not MessageKind.REQUEST:
-            m = _STATUS_LINE.fullmatch(first)
-            if m is not None:
-                self._response_head(m, lines, events)
-                return
-        self._fail("not an HTTP/1 start line", events)
-
-    def _request_head(self, m: re.Match[str], lines: list[str], events: list[Event]) -> None:
-        headers, cl, te, warning = _parse_fields(lines)
-        method = m.group(1)
-        ev = RequestHead(
-            method, m.group(2), "1.1" if m.group(3) == "1" else "1.0", headers, self._head_ts, self._head_tid, False,
-            warning and "request " + warning,
-        )
-        self._start_message(MessageKind.REQUEST, ev, events)
-        if te is not None:
-            if te.rsplit(",", 1)[-1].strip(" \t").lower() == "chunked":
-                self._state = _CHUNK_SIZE
-            else:  # RFC 9112 6.3: a request whose framing cannot be determined is an error
-                self._fail("request transfer-encoding is not chunked", events)
-        elif cl is not None:
-            length = _content_length(cl)
-            if length is None:
-                self._fail("invalid content-length", events)
-            elif length:
-                self._remaining = length
-                self._state = _BODY
-            else:
-                self._finish(self._last_ts, events)
+        m = _REQUEST_LINE.fullmatch(lines[0]) if kind is not _RESPONSE else None
+        if m is not None:
+            kind = _REQUEST
         else:
-            self._finish(self._last_ts, events)
-
-    def _response_head(self, m: re.Match[str], lines: list[str], events: list[Event]) -> None:
-        headers, cl, te, warning = _parse_fields(lines)
-        status = int(m.group(2))
-        ev = ResponseHead(
-            status, m.group(3) or "", "1.1" if m.group(1) == "1" else "1.0", headers, self._head_ts, self._head_tid,
-            False, warning and "response " + warning,
-        )
-        if 100 <= status < 200 and status != 101:  # interim: no body, no MessageEnd, not paired
-            self._start_message(MessageKind.RESPONSE, ev, events)
-            self._in_message = False
-            return
-        method = self._methods.popleft() if self._methods else None
-        self._start_message(MessageKind.RESPONSE, ev, events)
-        ts = self._last_ts
-        if status == 101 or (method == "CONNECT" and 200 <= status < 300):
-            self._finish(ts, events)
-            events.append(ProtocolSwitch(ts))
-            self._state = _SWITCHED
-        elif method == "HEAD" or status == 204 or status == 304 or status < 100:
-            self._finish(ts, events)
-        elif te is not None:
-            if te.rsplit(",", 1)[-1].strip(" \t").lower() == "chunked":
-                self._state = _CHUNK_SIZE
-            else:  # RFC 9112 6.3: other codings are delimited by close
-                self._state = _UNTIL_CLOSE
-        elif cl is not None:
-            length = _content_length(cl)
-            if length is None:
-                self._fail("invalid content-length", events)
-            elif length:
-                self._remaining = length
-                self._state = _BODY
-            else:
-                self._finish(ts, events)
-        else:
-            self._state = _UNTIL_CLOSE
-
-    def _start_message(self, kind: MessageKind, ev: RequestHead | ResponseHead, events: list[Event]) -> None:
-        events.append(ev)
+            m = _STATUS_LINE.fullmatch(lines[0]) if kind is not _REQUEST else None
+            if m is None:
+                self._fail("not an HTTP/1 start line", events)
+                return True
+            kind = _RESPONSE
+        headers, cl, te, warning = _parse_fields(text, lines)
         self.kind = kind
         self.established = True
         self._tentative = False
-        self._in_message = True
         self.body_size = 0
+        ts = self._last_ts
+        if kind is _REQUEST:
+            method, target, minor = m.groups()
+            events.append(RequestHead(method, target, "1.1" if minor == "1" else "1.0", headers,
+                                      self._head_ts, self._head_tid, False, warning and "request " + warning))
+            no_body = False
+        else:
+            minor, status, reason = m.groups()
+            status = int(status)
+            events.append(ResponseHead(status, reason or "", "1.1" if minor == "1" else "1.0", headers,
+                                       self._head_ts, self._head_tid, False, warning and "response " + warning))
+            if 100 <= status < 200 and status != 101:  # interim: no body, no MessageEnd, not paired
+                self._state = _HEAD
+                return True
+            method = self._methods.popleft() if self._methods else None
+            if status == 101 or (method == "CONNECT" and 200 <= status < 300):
+                events.append(MessageEnd(0, ts))
+                events.append(ProtocolSwitch(ts))
+                self._in_message = False
+                self._state = _SWITCHED
+                return True
+            no_body = method == "HEAD" or status == 204 or status == 304 or status < 100
+        self._in_message = True
+        if no_body:
+            pass
+        elif te is not None:
+            if te.rsplit(",", 1)[-1].strip(" \t").lower() == "chunked":
+                self._state = _CHUNK_SIZE
+                return True
+            if kind is _REQUEST:  # RFC 9112 6.3: a request with unknown framing is an error
+                self._fail("request transfer-encoding is not chunked", events)
+                return True
+            self._state = _UNTIL_CLOSE  # RFC 9112 6.3: a response with other codings ends at close
+            return True
+        elif cl is not None:
+            length = _content_length(cl)
+            if length is None:
+                self._fail("invalid content-length", events)
+                return True
+            if length:
+                self._remaining = length
+                self._state = _BODY
+                return True
+        elif kind is _RESPONSE:
+            self._state = _UNTIL_CLOSE
+            return True
+        events.append(MessageEnd(0, ts))
+        self._in_message = False
         self._state = _HEAD
+        return True
 
     def _head_too_large(self, events: list[Event]) -> None:
         if self._line_ok:  # a valid start line: HTTP, with an oversized head; keep the count right
@@ -659,16 +659,16 @@ class Http1Parser:
         ts = self._last_ts
         ev: RequestHead | ResponseHead | None = None
         if lines:
-            m = _REQUEST_LINE.fullmatch(lines[0]) if kind is not MessageKind.RESPONSE else None
+            m = _REQUEST_LINE.fullmatch(lines[0]) if kind is not _RESPONSE else None
             if m is not None:
                 ev = RequestHead(m.group(1), m.group(2), "1.1" if m.group(3) == "1" else "1.0",
-                                 _parse_fields(lines)[0], self._head_ts, self._head_tid, True)
-            elif kind is not MessageKind.REQUEST:
+                                 _parse_fields_slow(lines)[0], self._head_ts, self._head_tid, True)
+            elif kind is not _REQUEST:
                 m = _STATUS_LINE.fullmatch(lines[0])
                 if m is not None:
                     ev = ResponseHead(int(m.group(2)), m.group(3) or "", "1.1" if m.group(1) == "1" else "1.0",
-                                      _parse_fields(lines)[0], self._head_ts, self._head_tid, True)
-        elif kind is not MessageKind.RESPONSE:  # the request line itself was cut (a huge target)
+                                      _parse_fields_slow(lines)[0], self._head_ts, self._head_tid, True)
+        elif kind is not _RESPONSE:  # the request line itself was cut (a huge target)
             m = _REQUEST_PARTIAL.match(last)
             if m is not None:
                 ev = RequestHead(m.group(1), m.group(2), "1.1", (), self._head_ts, self._head_tid, True)
@@ -679,9 +679,9 @@ class Http1Parser:
                 return
             if self._methods:
                 self._methods.popleft()
-            self.kind = MessageKind.RESPONSE
+            self.kind = _RESPONSE
         else:
-            self.kind = MessageKind.REQUEST
+            self.kind = _REQUEST
         events.append(ev)
         events.append(MessageEnd(0, ts, (), True, warning))
 
@@ -835,9 +835,26 @@ _STATE_NAMES = {
 }
 
 
-def _parse_fields(lines: list[str]) -> tuple[Headers, str | None, str | None, str | None]:
-    """Header lines (``lines[1:]``) -> (headers, content-length, transfer-encoding, warning).
-    Repeated Content-Length / Transfer-Encoding values are joined with commas."""
+def _parse_fields(text: str, lines: list[str]) -> tuple[Headers, str | None, str | None, str | None]:
+    """Header lines (``lines[1:]`` of head ``text``) -> (headers, content-length, transfer-encoding,
+    warning). Repeated Content-Length / Transfer-Encoding values are joined with commas."""
+    parts = [line.partition(":") for line in lines[1:]]
+    headers = [(name.lower(), value.strip(" \t")) for name, sep, value in parts if sep]
+    if len(headers) != len(parts) or "\n " in text or "\n\t" in text or "\n:" in text:
+        return _parse_fields_slow(lines)
+    cl = te = None
+    low = text.lower()
+    if "content-length" in low or "transfer-encoding" in low:
+        for name, value in headers:
+            if name == "content-length":
+                cl = value if cl is None else cl + "," + value
+            elif name == "transfer-encoding":
+                te = value if te is None else te + "," + value
+    return tuple(headers), cl, te, None
+
+
+def _parse_fields_slow(lines: list[str]) -> tuple[Headers, str | None, str | None, str | None]:
+    """_parse_fields for heads with folded, empty-named or colon-less lines."""
     headers: list[tuple[str, str]] = []
     cl = te = warning = None
     for line in lines[1:]:
@@ -974,8 +991,8 @@ class Http1Session:
             self._req_dir = None
         kinds: list[MessageKind | None] = [None, None]
         if self._req_dir is not None:
-            kinds[self._req_dir] = MessageKind.REQUEST
-            kinds[1 - self._req_dir] = MessageKind.RESPONSE
+            kinds[self._req_dir] = _REQUEST
+            kinds[1 - self._req_dir] = _RESPONSE
         self._parsers = tuple(
             Http1Parser(kind, midstream=midstream, max_head_bytes=max_head_bytes, request_methods=self._methods)
             for kind in kinds
@@ -1171,8 +1188,8 @@ class Http1Session:
         self._req_dir = Direction(req_dir)
         role = Role.SERVER if req_dir == Direction.INGRESS else Role.CLIENT
         self._conn = replace(self._conn, role=role)
-        self._parsers[req_dir].kind = MessageKind.REQUEST
-        self._parsers[1 - req_dir].kind = MessageKind.RESPONSE
+        self._parsers[req_dir].kind = _REQUEST
+        self._parsers[1 - req_dir].kind = _RESPONSE
 
     def _establish(self) -> None:
         self._established = True

@@ -193,8 +193,7 @@ class Agent:
                 rcfg = replace(rcfg, ports=list(ports))
             if record_path:
                 rcfg = replace(rcfg, record_path=record_path)
-            receiver = HttpReceiver(rcfg, self.pipeline)
-            receiver.table.on_new_process = self.process_info.remember  # read /proc while the process lives
+            receiver = HttpReceiver(rcfg, self.pipeline, process_info=self.process_info)
             self.receivers.append(receiver)
             self.self_metrics.register(self._receiver_counters(receiver))
         self._lock = threading.Lock()

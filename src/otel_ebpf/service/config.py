@@ -121,11 +121,13 @@ class ServiceConfig:
         unknown = set(data) - {"receivers", "processors", "exporters", "service"}
         if unknown:
             raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level section")
-        receivers = {
-            name: _component(HttpReceiverConfig, _type_of(name, f"receivers.{name}", ("http",)), body,
-                             f"receivers.{name}")
-            for name, body in _mapping(data.get("receivers"), "receivers").items()
-        }
+        receivers = {}
+        for name, body in _mapping(data.get("receivers"), "receivers").items():
+            key = f"receivers.{name}"
+            body = dict(_mapping(body, key))
+            if "idle_timeout" in body:
+                body["idle_timeout"] = parse_duration(body["idle_timeout"], f"{key}.idle_timeout")
+            receivers[name] = _component(HttpReceiverConfig, _type_of(name, key, ("http",)), body, key)
         processors = {}
         for name, body in _mapping(data.get("processors"), "processors").items():
             ptype = _type_of(name, f"processors.{name}", ("redaction", "routes"))

@@ -10,7 +10,7 @@ Usage::
         processors=[RedactionProcessor(), RoutesProcessor(routes_config)],
     )
     pipeline.start()                      # returns at once
-    receiver.subscribe(pipeline.consume)  # any thread, never blocks
+    receiver = HttpReceiver(HttpReceiverConfig(), pipeline)  # consume() from any thread, never blocks
     ...
     pipeline.shutdown(timeout_s=10)       # drains, exports the last spans and metrics
 

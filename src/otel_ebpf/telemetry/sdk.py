@@ -7,7 +7,8 @@ Usage::
     from otel_ebpf.telemetry.sdk import SdkTelemetry
 
     telemetry = SdkTelemetry(tracer_provider=my_tracer_provider, meter_provider=my_meter_provider)
-    receiver.subscribe(telemetry.consume)      # spans and metrics go through your processors/exporters
+    receiver = HttpReceiver(HttpReceiverConfig(), telemetry)   # spans and metrics go through your providers
+    receiver.start()
 
 Defaults are the global providers (``opentelemetry.trace.get_tracer_provider()`` and
 ``opentelemetry.metrics.get_meter_provider()``) and the processors
@@ -102,6 +103,7 @@ class SdkTelemetry:
             list(processors) if processors is not None else [RedactionProcessor(), RoutesProcessor()]
         )
         self._process_info = process_info if process_info is not None else ProcessInfoCache()
+        self.process_info = self._process_info  # the receiver reads new processes into it while they live
         self._self = self_metrics
         self._service_metric_attribute = service_metric_attribute
         self.errors = 0

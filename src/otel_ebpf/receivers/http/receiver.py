@@ -23,6 +23,7 @@ from ...bpf.btf import BpfObjectInfo
 from ...bpf.clock import MonotonicClock
 from ...bpf.recording import RecordingWriter
 from ...bpf.sockdata import SockDataTracer
+from ...processinfo import ProcessInfoCache
 from ...protocols.http1 import Http1Stats
 from ...records import Exchange
 from ...stream.conntable import ConnectionTable
@@ -38,7 +39,11 @@ class ExchangeConsumer(Protocol):
 
 
 class HttpReceiver:
-    def __init__(self, config: HttpReceiverConfig, consumer: ExchangeConsumer, *, tracer: SockDataTracer | None = None):
+    def __init__(self, config: HttpReceiverConfig, consumer: ExchangeConsumer, *, tracer: SockDataTracer | None = None,
+                 process_info: ProcessInfoCache | None = None):
+        """``process_info`` (default: the consumer's ``process_info`` attribute, if any) is
+        filled as soon as a connection of a new process is seen, so that short-lived
+        clients are named before they exit."""
         config.validate()
         self.config = config
         self._consumer = consumer
@@ -50,6 +55,9 @@ class HttpReceiver:
         self.http1_stats = Http1Stats()
         self.table = ConnectionTable(clock=self.clock, stats=self.http1_stats,
                                      max_connections=config.max_connections, idle_timeout_s=config.idle_timeout)
+        process_info = process_info or getattr(consumer, "process_info", None)
+        if process_info is not None:
+            self.table.on_new_process = process_info.remember
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._recorder: RecordingWriter | None = None
