@@ -171,6 +171,10 @@ _STATUS_PREFIX_B = re.compile(
 )
 # A request line cut short by capture truncation: method and the start of the target.
 _REQUEST_PARTIAL = re.compile(r"(%s{1,%d}) (%s)" % (_TOKEN, _METHOD_MAX, _TARGET))
+# Shortcuts of the start-line grammar for what nearly all traffic looks like.
+_VERSIONS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
+_STATUS_PREFIXES = frozenset({"HTTP/1.1 ", "HTTP/1.0 "})
+_COMMON_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
 _CHUNK_SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 
 
@@ -579,31 +583,40 @@ class Http1Parser:
                 return False
             lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
         kind = self.kind
-        m = _REQUEST_LINE.fullmatch(lines[0]) if kind is not _RESPONSE else None
-        if m is not None:
+        first = lines[0]
+        # Start line: str operations for the common shapes, the grammar's regex for the rest.
+        if kind is not _RESPONSE and (parts := first.split(" ")) and len(parts) == 3 \
+                and parts[2] in _VERSIONS and parts[0] in _COMMON_METHODS and parts[1].isprintable():
             kind = _REQUEST
-        else:
-            m = _STATUS_LINE.fullmatch(lines[0]) if kind is not _REQUEST else None
-            if m is None:
-                self._fail("not an HTTP/1 start line", events)
-                return True
+            start = (parts[0], parts[1], _VERSIONS[parts[2]])
+        elif kind is not _REQUEST and first[:9] in _STATUS_PREFIXES and len(first) >= 12 \
+                and first[9:12].isdigit() and first[9:12].isascii() and (len(first) == 12 or first[12] == " "):
             kind = _RESPONSE
+            start = (_VERSIONS[first[:8]], int(first[9:12]), first[13:])
+        elif kind is not _RESPONSE and (m := _REQUEST_LINE.fullmatch(first)) is not None:
+            kind = _REQUEST
+            start = (m.group(1), m.group(2), "1.1" if m.group(3) == "1" else "1.0")
+        elif kind is not _REQUEST and (m := _STATUS_LINE.fullmatch(first)) is not None:
+            kind = _RESPONSE
+            start = ("1.1" if m.group(1) == "1" else "1.0", int(m.group(2)), m.group(3) or "")
+        else:
+            self._fail("not an HTTP/1 start line", events)
+            return True
         headers, cl, te, warning = _parse_fields(text, lines)
-        self.kind = kind
-        self.established = True
-        self._tentative = False
-        self.body_size = 0
+        if self.kind is not kind or self._tentative or not self.established:
+            self.kind = kind
+            self.established = True
+            self._tentative = False
         ts = self._last_ts
         if kind is _REQUEST:
-            method, target, minor = m.groups()
-            events.append(RequestHead(method, target, "1.1" if minor == "1" else "1.0", headers,
-                                      self._head_ts, self._head_tid, False, warning and "request " + warning))
+            method, target, version = start
+            events.append(RequestHead(method, target, version, headers, self._head_ts, self._head_tid, False,
+                                      warning and "request " + warning))
             no_body = False
         else:
-            minor, status, reason = m.groups()
-            status = int(status)
-            events.append(ResponseHead(status, reason or "", "1.1" if minor == "1" else "1.0", headers,
-                                       self._head_ts, self._head_tid, False, warning and "response " + warning))
+            version, status, reason = start
+            events.append(ResponseHead(status, reason, version, headers, self._head_ts, self._head_tid, False,
+                                       warning and "response " + warning))
             if 100 <= status < 200 and status != 101:  # interim: no body, no MessageEnd, not paired
                 self._state = _HEAD
                 return True
@@ -611,37 +624,37 @@ class Http1Parser:
             if status == 101 or (method == "CONNECT" and 200 <= status < 300):
                 events.append(MessageEnd(0, ts))
                 events.append(ProtocolSwitch(ts))
-                self._in_message = False
                 self._state = _SWITCHED
                 return True
             no_body = method == "HEAD" or status == 204 or status == 304 or status < 100
-        self._in_message = True
+        # The body. self.body_size is 0 here (reset at every message end and resync).
         if no_body:
             pass
         elif te is not None:
+            self._in_message = True
             if te.rsplit(",", 1)[-1].strip(" \t").lower() == "chunked":
                 self._state = _CHUNK_SIZE
-                return True
-            if kind is _REQUEST:  # RFC 9112 6.3: a request with unknown framing is an error
+            elif kind is _REQUEST:  # RFC 9112 6.3: a request with unknown framing is an error
                 self._fail("request transfer-encoding is not chunked", events)
-                return True
-            self._state = _UNTIL_CLOSE  # RFC 9112 6.3: a response with other codings ends at close
+            else:  # RFC 9112 6.3: a response with other codings ends at close
+                self._state = _UNTIL_CLOSE
             return True
         elif cl is not None:
-            length = _content_length(cl)
-            if length is None:
-                self._fail("invalid content-length", events)
-                return True
+            length = int(cl) if cl.isdigit() and cl.isascii() and len(cl) <= 18 else _content_length(cl)
             if length:
+                self._in_message = True
                 self._remaining = length
                 self._state = _BODY
                 return True
+            if length is None:
+                self._in_message = True
+                self._fail("invalid content-length", events)
+                return True
         elif kind is _RESPONSE:
+            self._in_message = True
             self._state = _UNTIL_CLOSE
             return True
         events.append(MessageEnd(0, ts))
-        self._in_message = False
-        self._state = _HEAD
         return True
 
     def _head_too_large(self, events: list[Event]) -> None:
@@ -1060,19 +1073,59 @@ class Http1Session:
     # -- event handling ------------------------------------------------------------------------
 
     def _handle(self, direction: int, events: list[Event], ts: int) -> list[Exchange]:
+        # The four common events are handled inline: this runs for every message.
         out: list[Exchange] = []
         stats = self._stats
         for ev in events:
             t = type(ev)
             if t is MessageEnd:
                 if direction == self._req_dir:
-                    self._request_end(ev, out)
+                    p = self._current
+                    if p is not None:  # the request is complete
+                        self._current = None
+                        if ev.truncated or ev.warning:
+                            self._note_end(p, ev)
+                        h = p.head
+                        p.request = HttpRequest(h.method, h.target, h.version, h.headers, ev.body_size, ev.trailers)
+                        if self._requests_only and not p.reported:
+                            p.reported = True
+                            stats.exchanges += 1
+                            out.append(self._unanswered(p, ev.ts, _NO_RESPONSES))
                 else:
                     self._response_end(ev, out)
             elif t is RequestHead:
-                self._request_head(direction, ev, out)
+                stats.messages += 1
+                if not self._established:
+                    if self._req_dir is None:
+                        self._set_role(direction)
+                    self._establish()
+                self._hunting = False
+                p = self._current = _Pending(ev)
+                if not self._requests_only:
+                    if len(self._pending) >= self._max_pending:
+                        self._evict(ev.ts, out)
+                    if not self._requests_only:
+                        self._pending.append(p)
+                        self._methods.append(ev.method)
             elif t is ResponseHead:
-                self._response_head(direction, ev)
+                stats.messages += 1
+                if not self._established:
+                    if self._req_dir is None:
+                        self._set_role(1 - direction)
+                    self._establish()
+                status = ev.status
+                if 100 <= status < 200 and status != 101:  # interim: never paired
+                    continue
+                # The final response claims the oldest waiting request (a response owed to an
+                # evicted request claims nothing).
+                if self._owed:
+                    self._owed -= 1
+                    self._in_flight = None
+                elif self._pending:
+                    self._in_flight = self._pending.popleft()
+                else:
+                    self._in_flight = None
+                self._resp_head = ev
             elif t is Skipped:
                 stats.skipped_bytes += ev.nbytes
                 if self._hunting and (self._req_dir is None or direction == self._req_dir):
@@ -1081,6 +1134,7 @@ class Http1Session:
                     if self._hunt_chunks > MIDSTREAM_MAX_SKIP_CHUNKS or self._hunt_bytes > MIDSTREAM_MAX_SKIP_BYTES:
                         stats.non_http_connections += 1
                         self._dead = True
+                        break
             elif t is Resync:
                 stats.resyncs += 1
             elif t is ParseError:
@@ -1088,37 +1142,14 @@ class Http1Session:
                 if ev.fatal:
                     stats.non_http_connections += 1
                     self._dead = True
+                    break
             elif t is ProtocolSwitch:
                 self._dead = True  # upgraded: no longer HTTP/1, but it was
                 self._flush(ev.ts, "protocol switched before a response", out)
-            if self._dead:
                 break
         return out
 
-    def _request_head(self, direction: int, ev: RequestHead, out: list[Exchange]) -> None:
-        self._stats.messages += 1
-        if self._req_dir is None:
-            self._set_role(direction)
-        if not self._established:
-            self._establish()
-        self._hunting = False
-        p = _Pending(ev)
-        self._current = p
-        if self._requests_only:
-            return
-        pending = self._pending
-        if len(pending) >= self._max_pending:
-            self._evict(ev.ts, out)
-            if self._requests_only:
-                return
-        pending.append(p)
-        self._methods.append(ev.method)
-
-    def _request_end(self, ev: MessageEnd, out: list[Exchange]) -> None:
-        p = self._current
-        if p is None:
-            return
-        self._current = None
+    def _note_end(self, p: _Pending, ev: MessageEnd) -> None:
         if ev.truncated:
             self._stats.truncated_messages += 1
         if ev.warning:
@@ -1126,29 +1157,6 @@ class Http1Session:
                 p.warnings = [ev.warning]
             else:
                 p.warnings.append(ev.warning)
-        h = p.head
-        p.request = HttpRequest(h.method, h.target, h.version, h.headers, ev.body_size, ev.trailers)
-        if self._requests_only and not p.reported:
-            p.reported = True
-            self._stats.exchanges += 1
-            out.append(self._unanswered(p, ev.ts, _NO_RESPONSES))
-
-    def _response_head(self, direction: int, ev: ResponseHead) -> None:
-        self._stats.messages += 1
-        if self._req_dir is None:
-            self._set_role(1 - direction)
-        if not self._established:
-            self._establish()
-        if ev.interim:
-            return
-        if self._owed:
-            self._owed -= 1
-            self._in_flight = None
-        elif self._pending:
-            self._in_flight = self._pending.popleft()
-        else:
-            self._in_flight = None
-        self._resp_head = ev
 
     def _response_end(self, ev: MessageEnd, out: list[Exchange]) -> None:
         head = self._resp_head
