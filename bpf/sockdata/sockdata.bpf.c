@@ -220,8 +220,8 @@ static __always_inline void read_tuple(struct sock *sk, struct conn_tuple *t)
 		__builtin_memcpy(t->saddr, &s, 4);
 		__builtin_memcpy(t->daddr, &d, 4);
 	} else {
-		BPF_CORE_READ_INTO(t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8); /* &: sizeof(*dst) must be 16 */
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	}
 }
 

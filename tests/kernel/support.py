@@ -128,7 +128,8 @@ class Capture:
 
     def __init__(self, ports: list[int], **config):
         self.sink = ExchangeSink()
-        self.receiver = HttpReceiver(HttpReceiverConfig(ports=ports, poll_interval_ms=20, **config), self.sink)
+        config.setdefault("poll_interval_ms", 20)
+        self.receiver = HttpReceiver(HttpReceiverConfig(ports=ports, **config), self.sink)
         self.receiver.start()
 
     def stop(self) -> None:

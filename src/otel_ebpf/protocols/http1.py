@@ -543,7 +543,7 @@ class Http1Parser:
         else:
             ok = self._start_line_ok(bytes(buf[:_PREFIX_CHECK]), False)
         if not ok:
-            self._fail("not an HTTP/1 start line", events)
+            self._fail("not an HTTP/1 start line", events, partial_head=False)
         return ok
 
     def _start_line_ok(self, line: bytes, complete: bool) -> bool:
@@ -667,7 +667,12 @@ class Http1Parser:
         text = bytes(self._buf).decode("latin-1")
         parts = text.split("\n")
         last = parts.pop()  # the incomplete line, possibly ""
-        lines = [line[:-1] if line.endswith("\r") else line for line in parts]
+        lines = []
+        for line in parts:
+            line = line[:-1] if line.endswith("\r") else line
+            if not line:  # the head did end (it was too large): what follows is not head
+                break
+            lines.append(line)
         kind = self.kind
         ts = self._last_ts
         ev: RequestHead | ResponseHead | None = None
@@ -750,8 +755,9 @@ class Http1Parser:
     def _kind_name(self) -> str:
         return self.kind.value if self.kind is not None else "message"
 
-    def _fail(self, reason: str, events: list[Event]) -> None:
-        """Bytes that break framing."""
+    def _fail(self, reason: str, events: list[Event], partial_head: bool = True) -> None:
+        """Bytes that break framing. ``partial_head``: a buffered head may still be reported from
+        its start line (not when the start line itself is what failed)."""
         ts = self._last_ts
         if self._tentative:  # the chunk only looked like a head: keep hunting
             self._back_to_hunt(events)
@@ -763,9 +769,9 @@ class Http1Parser:
             self._line = b""
             return
         events.append(ParseError(reason, ts, False))
-        self._lose_framing(reason, f"{self._kind_name()} framing error: {reason}", events)
+        self._lose_framing(reason, f"{self._kind_name()} framing error: {reason}", events, partial_head)
 
-    def _lose_framing(self, reason: str, warning: str | None, events: list[Event]) -> None:
+    def _lose_framing(self, reason: str, warning: str | None, events: list[Event], partial_head: bool = True) -> None:
         """Ends the message in progress (truncated) and starts hunting for the next head."""
         if self._tentative:
             # A head found while hunting and cut short by uncaptured bytes: real if its start line
@@ -782,7 +788,7 @@ class Http1Parser:
             trailers = tuple(self._trailers) if self._state == _TRAILERS else ()
             events.append(MessageEnd(self.body_size, ts, trailers, True, warning))
             self._in_message = False
-        elif self._buf:
+        elif self._buf and partial_head:
             self._partial_head(warning or f"{self._kind_name()} head truncated", events)
         events.append(Resync(reason, ts))
         self._reset_to(_HUNT)

@@ -8,6 +8,7 @@ python3 clients.py sendmsg PORT                 request written with socket.send
 python3 clients.py concurrent PORT CONNS REQS   CONNS threads, REQS keep-alive requests each
 python3 clients.py preopened PORT               1 request, then waits for a line on stdin, then 2 more
 python3 clients.py urllib URL                   one urllib request
+python3 clients.py big_posts PORT N SIZE        N POSTs of SIZE bytes on one connection, then a GET
 """
 
 import http.client
@@ -113,9 +114,26 @@ def main():
             urllib.request.urlopen(sys.argv[2], timeout=10).read()
         except urllib.error.HTTPError:
             pass
+    elif mode == "big_posts":
+        pass  # handled below
     else:
         sys.exit(f"unknown mode {mode}")
 
 
 if __name__ == "__main__":
     main()
+
+
+def big_posts(port, n, size):
+    """n POSTs of `size` bytes each on one keep-alive connection, then one GET."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for i in range(n):
+        conn.request("POST", f"/echo?i={i}", body=b"p" * size, headers={"Content-Type": "application/octet-stream"})
+        conn.getresponse().read()
+    conn.request("GET", "/ok?after=posts")
+    conn.getresponse().read()
+    conn.close()
+
+
+if __name__ == "__main__" and sys.argv[1] == "big_posts":
+    big_posts(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,78 @@
+"""Kernel capture at its limits: truncated payloads, a full ring buffer, filters, IPv6."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from otel_ebpf.bpf.events import SockDataEvent
+from otel_ebpf.bpf.sockdata import SockDataTracer
+
+from .support import Server, client_side, free_port, run_client, server_side
+
+
+def test_bodies_larger_than_the_capture_are_skipped_by_length_and_the_next_request_still_parses(
+        threading_server, capture):
+    cap = capture(threading_server.port, max_capture_bytes=1024)
+    run_client("big_posts", str(threading_server.port), "5", "100000")
+    served = cap.sink.wait_for(6, where=server_side(threading_server))
+    posts = [e for e in served if e.request.method == "POST"]
+    assert [e.request.target for e in posts] == [f"/echo?i={i}" for i in range(5)]
+    assert all(e.request.body_size == 100_000 and e.response.status == 201 for e in posts)
+    assert served[-1].request.target == "/ok?after=posts" and served[-1].response.status == 200
+    assert cap.receiver.stats()["kernel.truncated"] >= 5
+
+
+def test_a_full_ring_buffer_loses_events_but_counts_them_and_capture_goes_on(threading_server):
+    tracer = SockDataTracer(ring_bytes=8192, ports=[threading_server.port])
+    tracer.start()
+    try:
+        run_client("concurrent", str(threading_server.port), "4", "50")  # nobody reads the ring meanwhile
+        assert tracer.stats()["lost"] > 0
+        while tracer.poll_raw(0):
+            pass
+        run_client("keepalive", str(threading_server.port), "1", "/ok?after=loss")
+        seen = []
+        deadline = time.monotonic() + 10
+        while not any(b"/ok?after=loss" in e.data for e in seen) and time.monotonic() < deadline:
+            seen += [e for e in tracer.poll(100) if isinstance(e, SockDataEvent)]
+        assert any(e.data.startswith(b"GET /ok?after=loss ") for e in seen)
+        assert tracer.stats()["decode_errors"] == 0
+    finally:
+        tracer.close()
+
+
+def test_pid_filter_keeps_only_the_given_process(threading_server, capture):
+    cap = capture(pids=[threading_server.pid])
+    run_client("keepalive", str(threading_server.port), "3", "/ok?pid=1")
+    served = cap.sink.wait_for(3, where=server_side(threading_server))
+    assert len(served) == 3
+    time.sleep(0.5)
+    assert not cap.sink.matching(client_side(threading_server))
+    assert {e.connection.pid for e in cap.sink.exchanges} == {threading_server.pid}
+
+
+def test_ipv6_loopback_connections_are_captured_with_their_addresses(capture):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "::1", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("::1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        cap = capture(port)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://[::1]:{port}/"], check=True, timeout=30)
+        server = Server(proc, port)
+        served = cap.sink.wait_for(1, where=server_side(server))
+        conn = served[0].connection
+        assert conn.family == 6 and conn.local_address == "::1" and conn.remote_address == "::1"
+        assert served[0].response.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(5)
