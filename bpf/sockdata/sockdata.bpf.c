@@ -140,6 +140,8 @@ const struct conn_event *_unused_conn_event __attribute__((unused));
 const enum event_type *_unused_event_type __attribute__((unused));
 const enum stat_index *_unused_stat_index __attribute__((unused));
 const enum syscall_id *_unused_syscall_id __attribute__((unused));
+const enum direction *_unused_direction __attribute__((unused));
+const enum conn_role *_unused_conn_role __attribute__((unused));
 
 /* ---- helpers ---- */
 

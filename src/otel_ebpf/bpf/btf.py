@@ -215,6 +215,9 @@ class BpfObjectInfo:
         sections = _elf_sections(data)
         if ".BTF" not in sections:
             raise BtfError(f"{path}: no .BTF section (build with clang -g)")
+        index, blob = sections[".BTF"]
+        if len(blob) < 24:
+            raise BtfError(f"{path}: .BTF section is truncated")
         btf = Btf(sections[".BTF"][1])
         rodata: dict[str, tuple[int, int]] = {}
         if ".symtab" in sections and ".rodata" in sections:
@@ -229,8 +232,15 @@ class BpfObjectInfo:
 
 def _elf_sections(data: bytes) -> dict[str, tuple[int, bytes]]:
     """ELF64 little-endian section name -> (index, contents)."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise BtfError("not a little-endian ELF64 object")
+    try:
+        return _read_sections(data)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
+        raise BtfError(f"truncated or corrupt ELF object ({e})") from None
+
+
+def _read_sections(data: bytes) -> dict[str, tuple[int, bytes]]:
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     headers = []
@@ -238,6 +248,8 @@ def _elf_sections(data: bytes) -> dict[str, tuple[int, bytes]]:
         _name, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
         headers.append((_name, off, size))
     _n, stroff, strsize = headers[shstrndx]
+    if stroff + strsize > len(data):
+        raise BtfError("ELF section names extend past the end of the file")
     names = data[stroff : stroff + strsize]
     out: dict[str, tuple[int, bytes]] = {}
     for i, (name_off, off, size) in enumerate(headers):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import socket
+import struct
 from dataclasses import dataclass
 
 from ..records import Direction, Role
@@ -107,7 +108,8 @@ _CONN_FIELDS = [
     "type", "tgid", "tid", "fd", "ts", "sock_id", "role",
     "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family", "comm",
 ]
-_ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), "stat_index": (Stat, "STAT_")}
+_ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), "stat_index": (Stat, "STAT_"),
+          "direction": (Direction, "DIR_"), "conn_role": (Role, "ROLE_")}
 
 
 def check_enums(info: BpfObjectInfo) -> None:
@@ -168,7 +170,7 @@ class SockDataCodec:
                     _addr(family, saddr), sport, _addr(family, daddr), dport,
                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                 )
-        except (ValueError, IndexError, OSError):
+        except (ValueError, IndexError, OSError, struct.error):
             pass
         self.decode_errors += 1
         return None

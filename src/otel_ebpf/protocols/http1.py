@@ -38,11 +38,14 @@ Design
   framing (a head not yet complete, chunk-size lines, trailers, or the start of
   the next message), the parser *resyncs*: the interrupted message ends at once,
   flagged truncated, with a warning such as ``"response body truncated"`` (a head
-  cut short is still reported from its start line, so the request/response count
-  stays right), and the parser discards chunks until one *begins* with a start line
-  of its direction. A message head found inside a discarded chunk is not
-  looked for: on a non-pipelined connection a new message always starts a new
-  read/write, and looking inside bodies would find false heads.
+  cut short is still reported from what was captured of its start line, so the
+  request/response count stays right), and the parser discards chunks until one
+  *begins* with a complete start line of its direction (or, if the capture cut
+  that chunk, with bytes that all fit the start-line grammar). Heads inside a
+  discarded chunk are not looked for: on a non-pipelined connection every message
+  starts a new read/write, and searching bodies would find false heads. The price:
+  pipelined messages lost in a gap are not counted, so their answers become
+  orphans (dropped, never paired with the wrong request).
 * **Pairing** is FIFO. A final response claims the oldest request still waiting
   when its head is parsed and completes the exchange at its end. 1xx interim
   responses are skipped; ``101 Switching Protocols`` and a 2xx answer to CONNECT
@@ -69,6 +72,10 @@ Design
 * **Role.** With ``Role.UNKNOWN`` the first parsed head decides: a request head
   in INGRESS (or a response head in EGRESS) means SERVER, the other way CLIENT.
   Exchanges carry the connection with the inferred role.
+* **Bounded.** Heads in progress (``max_head_bytes``), chunk-size lines, trailers,
+  the pending queue and the count of owed responses all have limits (the
+  ``MAX_*`` constants below, each with its reason). Nothing raises: a bug would be
+  contained as a fatal :class:`ParseError` ("internal error ...").
 * **Leniency.** This is a passive observer of traffic that a real peer accepted:
   bare-LF line ends, obs-folded lines, empty reason phrases and malformed header
   lines are tolerated (the last with a warning). Only what decides framing is
@@ -169,8 +176,9 @@ _REQUEST_PREFIX_B = re.compile(
 _STATUS_PREFIX_B = re.compile(
     _nested_prefix(_HTTP_VERSION_PARTS[:8] + [" ", "[0-9]", "[0-9]", "[0-9]", r"(?: [^\r\n]*)?\r?"]).encode()
 )
-# A request line cut short by capture truncation: method and the start of the target.
-_REQUEST_PARTIAL = re.compile(r"(%s{1,%d}) (%s)" % (_TOKEN, _METHOD_MAX, _TARGET))
+# Start lines cut short by capture truncation: what can still be read of them.
+_REQUEST_PARTIAL = re.compile(r"(%s{1,%d})(?: (%s)?)?" % (_TOKEN, _METHOD_MAX, _TARGET))
+_STATUS_PARTIAL = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
 # Shortcuts of the start-line grammar for what nearly all traffic looks like.
 _VERSIONS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
 _STATUS_PREFIXES = frozenset({"HTTP/1.1 ", "HTTP/1.0 "})
@@ -385,7 +393,7 @@ class Http1Parser:
             pos = 0
             skipped = 0
             if state == _HUNT:
-                if not self._begins_with_head(data):
+                if not self._begins_with_head(data, missing > 0):
                     if n or missing:
                         events.append(Skipped(n + missing, ts_last))
                     return events
@@ -416,11 +424,14 @@ class Http1Parser:
                         pos = n
                     else:
                         pos += rem
-                        self.body_size += rem
                         self._remaining = 0
-                        if state == _BODY:
-                            self._finish(ts_last, events)
+                        if state == _BODY:  # the message is complete (_finish, inline)
+                            events.append(MessageEnd(self.body_size + rem, ts_last))
+                            self.body_size = 0
+                            self._in_message = False
+                            self._state = _HEAD
                         else:
+                            self.body_size += rem
                             self._state = _CHUNK_CRLF
                 elif state == _UNTIL_CLOSE:
                     self.body_size += n - pos
@@ -447,7 +458,7 @@ class Http1Parser:
                 skipped += self._on_missing(missing, events)
             if skipped:
                 events.append(Skipped(skipped, ts_last))
-        except Exception as exc:  # a bug; contained so that no input can break the caller
+        except Exception as exc:  # noqa: BLE001 -- a bug; contained so that no input can break the caller
             self._state = _DEAD
             events.append(ParseError(f"internal error: {exc!r}", ts_last, True))
         return events
@@ -558,8 +569,10 @@ class Http1Parser:
             or (kind is not _REQUEST and _STATUS_PREFIX_B.fullmatch(line))
         )
 
-    def _begins_with_head(self, data: bytes) -> bool:
-        """Whether a chunk (seen while hunting) begins like a start line of this direction."""
+    def _begins_with_head(self, data: bytes, cut: bool) -> bool:
+        """Whether a chunk seen while hunting begins with a start line of this direction. The line
+        must be complete, as a client or server writes it in one call, unless the chunk was ``cut``
+        by the capture limit: then all that was captured of it must fit the start-line grammar."""
         n = len(data)
         i = 0
         while i < n and data[i] in _CRLF_BYTES:
@@ -569,7 +582,7 @@ class Http1Parser:
         nl = data.find(b"\n", i, i + self._max_head)
         if nl >= 0:
             return self._start_line_ok(data[i:nl], True)
-        return self._start_line_ok(data[i : i + _PREFIX_CHECK], False)
+        return cut and self._start_line_ok(data[i : i + _PREFIX_CHECK], False)
 
     def _parse_head(self, content: bytes, events: list[Event], bare_lf_ok: bool = True) -> bool:
         """Parses a complete head (without its final empty line) and sets up the body state.
@@ -581,7 +594,7 @@ class Http1Parser:
         if text.count("\n") != len(lines) - 1:  # bare LF line ends somewhere
             if not bare_lf_ok:
                 return False
-            lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+            lines = [line.removesuffix("\r") for line in text.split("\n")]
         kind = self.kind
         first = lines[0]
         # Start line: str operations for the common shapes, the grammar's regex for the rest.
@@ -589,10 +602,10 @@ class Http1Parser:
                 and parts[2] in _VERSIONS and parts[0] in _COMMON_METHODS and parts[1].isprintable():
             kind = _REQUEST
             start = (parts[0], parts[1], _VERSIONS[parts[2]])
-        elif kind is not _REQUEST and first[:9] in _STATUS_PREFIXES and len(first) >= 12 \
-                and first[9:12].isdigit() and first[9:12].isascii() and (len(first) == 12 or first[12] == " "):
+        elif kind is not _REQUEST and first[:9] in _STATUS_PREFIXES and (code := first[9:12]).isdigit() \
+                and len(code) == 3 and code.isascii() and (len(first) == 12 or first[12] == " "):
             kind = _RESPONSE
-            start = (_VERSIONS[first[:8]], int(first[9:12]), first[13:])
+            start = (_VERSIONS[first[:8]], int(code), first[13:])
         elif kind is not _RESPONSE and (m := _REQUEST_LINE.fullmatch(first)) is not None:
             kind = _REQUEST
             start = (m.group(1), m.group(2), "1.1" if m.group(3) == "1" else "1.0")
@@ -602,7 +615,22 @@ class Http1Parser:
         else:
             self._fail("not an HTTP/1 start line", events)
             return True
-        headers, cl, te, warning = _parse_fields(text, lines)
+        # Header fields (inline: the hot path). Folded, colon-less or oddly started lines take
+        # the slow path, which handles them and warns.
+        parts = [line.partition(":") for line in lines[1:]]
+        fields = [(name.lower(), value.strip(" \t")) for name, sep, value in parts if sep]
+        if len(fields) != len(parts) or "\n " in text or "\n\t" in text:
+            headers, cl, te, warning = _parse_fields_slow(lines)
+        else:
+            headers = tuple(fields)
+            cl = te = warning = None
+            low = text.lower()
+            if "content-length" in low or "transfer-encoding" in low:
+                for name, value in fields:
+                    if name == "content-length":
+                        cl = value if cl is None else cl + "," + value
+                    elif name == "transfer-encoding":
+                        te = value if te is None else te + "," + value
         if self.kind is not kind or self._tentative or not self.established:
             self.kind = kind
             self.established = True
@@ -669,7 +697,7 @@ class Http1Parser:
         last = parts.pop()  # the incomplete line, possibly ""
         lines = []
         for line in parts:
-            line = line[:-1] if line.endswith("\r") else line
+            line = line.removesuffix("\r")
             if not line:  # the head did end (it was too large): what follows is not head
                 break
             lines.append(line)
@@ -686,10 +714,19 @@ class Http1Parser:
                 if m is not None:
                     ev = ResponseHead(int(m.group(2)), m.group(3) or "", "1.1" if m.group(1) == "1" else "1.0",
                                       _parse_fields_slow(lines)[0], self._head_ts, self._head_tid, True)
-        elif kind is not _RESPONSE:  # the request line itself was cut (a huge target)
-            m = _REQUEST_PARTIAL.match(last)
-            if m is not None:
-                ev = RequestHead(m.group(1), m.group(2), "1.1", (), self._head_ts, self._head_tid, True)
+        else:  # the start line itself was cut: a huge target, or a tiny capture limit
+            if kind is not _RESPONSE:
+                m = _REQUEST_PARTIAL.match(last)
+                if m is not None and (kind is _REQUEST or m.group(2) is not None):
+                    ev = RequestHead(m.group(1), m.group(2) or "", "", (), self._head_ts, self._head_tid, True)
+            if ev is None and kind is not _REQUEST:
+                m = _STATUS_PARTIAL.match(last)
+                if m is not None:
+                    ev = ResponseHead(int(m.group(2)), m.group(3) or "", "1.1" if m.group(1) == "1" else "1.0", (),
+                                      self._head_ts, self._head_tid, True)
+                elif kind is _RESPONSE and _STATUS_PREFIX_B.fullmatch(last[:_PREFIX_CHECK].encode("latin-1")):
+                    # Not even the status code was captured; reported (status 0) to keep the count.
+                    ev = ResponseHead(0, "", "", (), self._head_ts, self._head_tid, True)
         if ev is None:
             return
         if type(ev) is ResponseHead:
@@ -774,15 +811,11 @@ class Http1Parser:
     def _lose_framing(self, reason: str, warning: str | None, events: list[Event], partial_head: bool = True) -> None:
         """Ends the message in progress (truncated) and starts hunting for the next head."""
         if self._tentative:
-            # A head found while hunting and cut short by uncaptured bytes: real if its start line
-            # was complete and valid, or at least its first _PREFIX_CHECK bytes were (body bytes
-            # practically never look like "TOKEN SP" then 50+ bytes of target).
-            if self._line_ok or len(self._buf) >= _PREFIX_CHECK:
-                self._tentative = False
-                self.established = True
-            else:
-                self._back_to_hunt(events)
-                return
+            # A head found while hunting, cut short by uncaptured bytes: its chunk began with a
+            # complete start line or was all start-line prefix (see _begins_with_head); take it as
+            # real, so that its answer does not pair with the next request.
+            self._tentative = False
+            self.established = True
         ts = self._last_ts
         if self._in_message:
             trailers = tuple(self._trailers) if self._state == _TRAILERS else ()
@@ -854,26 +887,10 @@ _STATE_NAMES = {
 }
 
 
-def _parse_fields(text: str, lines: list[str]) -> tuple[Headers, str | None, str | None, str | None]:
-    """Header lines (``lines[1:]`` of head ``text``) -> (headers, content-length, transfer-encoding,
-    warning). Repeated Content-Length / Transfer-Encoding values are joined with commas."""
-    parts = [line.partition(":") for line in lines[1:]]
-    headers = [(name.lower(), value.strip(" \t")) for name, sep, value in parts if sep]
-    if len(headers) != len(parts) or "\n " in text or "\n\t" in text or "\n:" in text:
-        return _parse_fields_slow(lines)
-    cl = te = None
-    low = text.lower()
-    if "content-length" in low or "transfer-encoding" in low:
-        for name, value in headers:
-            if name == "content-length":
-                cl = value if cl is None else cl + "," + value
-            elif name == "transfer-encoding":
-                te = value if te is None else te + "," + value
-    return tuple(headers), cl, te, None
-
-
 def _parse_fields_slow(lines: list[str]) -> tuple[Headers, str | None, str | None, str | None]:
-    """_parse_fields for heads with folded, empty-named or colon-less lines."""
+    """Header lines (``lines[1:]``) -> (headers, content-length, transfer-encoding, warning), for
+    heads with folded or colon-less lines. Repeated Content-Length / Transfer-Encoding values are
+    joined with commas."""
     headers: list[tuple[str, str]] = []
     cl = te = warning = None
     for line in lines[1:]:
@@ -1050,8 +1067,8 @@ class Http1Session:
             events = self._parsers[direction].receive_data(data, ts_first, ts_last, missing, tid=tid)
             if not events:
                 return []
-            return self._handle(direction, events, ts_first)
-        except Exception:  # a bug; contained (the parser already contains its own)
+            return self._handle(direction, events)
+        except Exception:  # noqa: BLE001 -- a bug; contained (the parser already contains its own)
             self._stats.parse_errors += 1
             self._dead = True
             return []
@@ -1070,15 +1087,15 @@ class Http1Session:
             for direction in order:
                 events = self._parsers[direction].close(ts)
                 if events:
-                    out += self._handle(direction, events, ts)
+                    out += self._handle(direction, events)
             self._flush(ts, None, out)
-        except Exception:  # a bug; contained
+        except Exception:  # noqa: BLE001 -- a bug; contained
             self._stats.parse_errors += 1
         return out
 
     # -- event handling ------------------------------------------------------------------------
 
-    def _handle(self, direction: int, events: list[Event], ts: int) -> list[Exchange]:
+    def _handle(self, direction: int, events: list[Event]) -> list[Exchange]:
         # The four common events are handled inline: this runs for every message.
         out: list[Exchange] = []
         stats = self._stats
@@ -1098,7 +1115,22 @@ class Http1Session:
                             stats.exchanges += 1
                             out.append(self._unanswered(p, ev.ts, _NO_RESPONSES))
                 else:
-                    self._response_end(ev, out)
+                    head = self._resp_head
+                    p = self._in_flight
+                    if (head is not None and p is not None and not p.reported and p.request is not None
+                            and not p.warnings and not head.warning and not ev.warning):
+                        # the common case of _response_end, inline
+                        self._resp_head = self._in_flight = None
+                        p.reported = True
+                        stats.exchanges += 1
+                        h = p.head
+                        out.append(Exchange(
+                            "http1", self._conn, p.request,
+                            HttpResponse(head.status, head.reason, head.version, head.headers, ev.body_size,
+                                         ev.trailers),
+                            h.ts, ev.ts, h.tid, ()))
+                    else:
+                        self._response_end(ev, out)
             elif t is RequestHead:
                 stats.messages += 1
                 if not self._established:

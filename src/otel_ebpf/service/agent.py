@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 
-from ..processinfo import ProcessInfoCache
+from ..processinfo import ProcessInfoCache, parse_resource_attributes
 from ..processors.redaction import RedactionConfig, RedactionProcessor
 from ..processors.routes import RoutesProcessor
 from ..receivers.http import HttpReceiver
@@ -39,22 +39,9 @@ from ..telemetry.spans import SpanBuilder
 from ..telemetry.summary import RedSummary, SummaryPrinter
 from .config import ExporterConfig, ServiceConfig
 
-__all__ = ["Agent", "parse_resource_attributes"]
+__all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
-
-
-def parse_resource_attributes(value: str | None) -> dict[str, str]:
-    """``OTEL_RESOURCE_ATTRIBUTES`` (k=v,k2=v2, values percent-decoded)."""
-    from urllib.parse import unquote
-
-    out: dict[str, str] = {}
-    for item in (value or "").split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            if k.strip():
-                out[k.strip()] = unquote(v.strip())
-    return out
 
 
 def _span_exporter(cfg: ExporterConfig) -> SpanExporter | None:

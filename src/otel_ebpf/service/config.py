@@ -33,18 +33,23 @@ class ConfigError(ValueError):
     """Invalid configuration; the message starts with the YAML key at fault."""
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+
+
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from 1.5, "500ms", "10s", "2m" or "1h"."""
+    """Seconds from a number of seconds or a Go-style duration: "500ms", "10s", "2m", "1h", "1m30s"."""
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration like 10s, got {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative")
+        if not 0 <= value < 10**9:  # also refuses inf and nan
+            raise ConfigError(f"{key}: must be a finite, non-negative number of seconds")
         return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*", str(value))
-    if not m:
-        raise ConfigError(f"{key}: expected a duration like 500ms, 10s or 2m, got {value!r}")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    text = str(value).replace(" ", "")  # "10 s" reads as "10s"
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"{key}: expected a duration like 500ms, 10s, 2m or 1m30s, got {value!r}")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 EXPORTER_TYPES = ("otlp", "otlphttp", "console", "file", "summary")
@@ -66,6 +71,15 @@ class ExporterConfig:
     interval: float = 2.0  # summary: refresh period (seconds)
 
     def validate(self, key: str) -> None:
+        for name, kinds in (("endpoint", (str, type(None))), ("insecure", (bool, type(None))),
+                            ("compression", (str, type(None))), ("directory", (str,))):
+            if not isinstance(getattr(self, name), kinds):
+                raise ConfigError(f"{key}.{name}: expected {' or '.join(k.__name__ for k in kinds if k is not type(None))}"
+                                  f", got {getattr(self, name)!r}")
+        for name in ("max_bytes", "backups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{key}.{name}: expected an integer, got {v!r}")
         if self.type not in EXPORTER_TYPES:
             raise ConfigError(f"{key}: unknown exporter type {self.type!r} (known: {', '.join(EXPORTER_TYPES)})")
         if self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
@@ -137,6 +151,8 @@ class ServiceConfig:
         for name, body in _mapping(data.get("exporters"), "exporters").items():
             etype = _type_of(name, f"exporters.{name}", EXPORTER_TYPES)
             body = dict(_mapping(body, f"exporters.{name}"))
+            if "type" in body:
+                raise ConfigError(f"exporters.{name}.type: unknown setting (the type is the name before '/')")
             for dkey in ("timeout", "interval"):
                 if dkey in body:
                     body[dkey] = parse_duration(body[dkey], f"exporters.{name}.{dkey}")
@@ -175,25 +191,28 @@ class ServiceConfig:
         plus OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT (or a per-signal one) is set,
         over OTEL_EXPORTER_OTLP_PROTOCOL (grpc or http/protobuf, the default).
         """
-        exporters = ["file", "summary"]
         body: dict[str, Any] = {
             "receivers": {"http": {}},
             "processors": {"redaction": {}, "routes": {}},
             "exporters": {"file": {"directory": DEFAULT_DATA_DIR}, "summary": {}},
         }
-        if any(environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                                        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")):
-            proto = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
+        signal_exporters = {"traces": ["file", "summary"], "metrics": ["file"]}
+        for signal, upper in (("traces", "TRACES"), ("metrics", "METRICS")):
+            if not (environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+                continue
+            var = f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"
+            if not environ.get(var):
+                var = "OTEL_EXPORTER_OTLP_PROTOCOL"
+            proto = environ.get(var, "http/protobuf").strip().lower()
             if proto not in ("grpc", "http/protobuf"):
-                raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {proto!r} is not supported (grpc or http/protobuf)")
+                raise ConfigError(f"{var}: {proto!r} is not supported (grpc or http/protobuf)")
             etype = "otlp" if proto == "grpc" else "otlphttp"
             body["exporters"][etype] = {}
-            exporters.append(etype)
+            signal_exporters[signal].append(etype)
         body["service"] = {
             "pipelines": {
-                "traces": {"receivers": ["http"], "processors": ["redaction", "routes"], "exporters": exporters},
-                "metrics": {"receivers": ["http"], "processors": ["redaction", "routes"],
-                            "exporters": [e for e in exporters if e != "summary"]},
+                signal: {"receivers": ["http"], "processors": ["redaction", "routes"], "exporters": names}
+                for signal, names in signal_exporters.items()
             }
         }
         return cls.from_dict(body)
@@ -208,7 +227,9 @@ def _mapping(value: Any, key: str) -> dict:
 
 
 def _type_of(name: str, key: str, known: tuple[str, ...]) -> str:
-    ctype = name.split("/", 1)[0]
+    ctype, slash, suffix = name.partition("/")
+    if slash and not suffix:
+        raise ConfigError(f"{key}: a component id is <type> or <type>/<name>, with a non-empty name")
     if ctype not in known:
         raise ConfigError(f"{key}: unknown component type {ctype!r} (known: {', '.join(known)})")
     return ctype

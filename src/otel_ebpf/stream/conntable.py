@@ -150,7 +150,9 @@ class ConnectionTable:
     def _finish(self, entry: _Entry, mono_ts: int) -> list[Exchange]:
         if entry.session.dead:
             return []
-        return entry.session.on_close(self._clock.to_wall(mono_ts))
+        out = entry.session.on_close(self._clock.to_wall(mono_ts))
+        self.stats.exchanges += len(out)
+        return out
 
     def handle(self, event: SockDataEvent | ConnEvent) -> list[Exchange]:
         """Feed one decoded event; returns the exchanges it completed."""
@@ -186,18 +188,14 @@ class ConnectionTable:
             self.stats.connections_opened += 1
             entry = self._new_entry(event, midstream=False)
             entry.last_seen = event.ts
-            out = self._insert(key, entry)
-            self.stats.exchanges += len(out)
-            return out
+            return self._insert(key, entry)
         # CONN_CLOSE
         entry = self._conns.get(key)
         if entry is None or entry.sock_id != event.sock_id:
             return []
         del self._conns[key]
         self.stats.connections_closed += 1
-        out = self._finish(entry, event.ts)
-        self.stats.exchanges += len(out)
-        return out
+        return self._finish(entry, event.ts)
 
     def expire(self, now_mono_ns: int) -> list[Exchange]:
         """Drop connections idle for longer than the idle timeout (oldest first)."""

@@ -138,8 +138,6 @@ def test_data_on_a_reused_fd_with_another_socket_starts_a_new_connection(table):
     assert ex.connection.sock_id == 0x2000 and ex.request.target == "/items/2"
 
 
-@pytest.mark.xfail(strict=True, reason="conntable.py handle(): exchanges of the connection replaced by data on a "
-                   "reused fd (out = self._insert(...), line 166) are returned but not added to stats.exchanges")
 def test_every_exchange_handle_returns_is_counted_in_stats_exchanges(table):
     old = FakeSocket(fd=7, sock_id=0x1000)
     new = FakeSocket(fd=7, sock_id=0x2000)

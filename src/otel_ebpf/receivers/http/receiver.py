@@ -55,7 +55,8 @@ class HttpReceiver:
         self.http1_stats = Http1Stats()
         self.table = ConnectionTable(clock=self.clock, stats=self.http1_stats,
                                      max_connections=config.max_connections, idle_timeout_s=config.idle_timeout)
-        process_info = process_info or getattr(consumer, "process_info", None)
+        if process_info is None:  # not `or`: an empty cache is falsy
+            process_info = getattr(consumer, "process_info", None)
         if process_info is not None:
             self.table.on_new_process = process_info.remember
         self._thread: threading.Thread | None = None
