@@ -167,3 +167,43 @@ def test_a_bad_config_names_the_yaml_key(tmp_path):
     code, _out, err = agent.wait()
     assert code == 2
     assert "receivers.http.max_capture_bytes" in err and "Traceback" not in err
+
+
+def test_a_collector_that_refuses_at_first_gets_the_spans_once_it_recovers(threading_server, tmp_path):
+    import grpc
+
+    with OtlpReceiver(fail_with=grpc.StatusCode.UNAVAILABLE, fail_times=2, retry_after_s=0.2) as otlp:
+        agent = AgentProcess(["run", "--no-summary", "--config", str(_config(tmp_path, "otlp", otlp.grpc_endpoint)),
+                              "--port", str(threading_server.port)])
+        try:
+            agent.wait_ready()
+            run_client("keepalive", str(threading_server.port), "5", "/ok?retry=1")
+            spans = otlp.wait_for_spans(5, timeout=30, where=lambda s: s.attributes.get("url.query") == "retry=1"
+                                        and s.kind == SPAN_KIND_SERVER)
+        finally:
+            code, _out, err = agent.stop()
+        assert code == 0, err
+        assert otlp.rejected_requests >= 2
+        assert len(spans) == 5
+
+
+def test_a_collector_that_is_down_does_not_stop_capture_or_a_clean_exit(threading_server, tmp_path):
+    from .support import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = _config(tmp_path, "otlphttp", dead)
+    cfg.write_text(cfg.read_text().replace("exporters: [otlphttp]}", "exporters: [otlphttp, file]}")
+                   .replace("exporters:\n  otlphttp:", f"exporters:\n  file:\n    directory: {tmp_path}/data\n  otlphttp:")
+                   .replace("    endpoint:", "    timeout: 1s\n    endpoint:"))
+    agent = AgentProcess(["run", "--no-summary", "--config", str(cfg), "--port", str(threading_server.port)])
+    agent.wait_ready()
+    run_client("keepalive", str(threading_server.port), "5", "/ok?down=1")
+    time.sleep(3)
+    started = time.monotonic()
+    code, _out, err = agent.stop()
+    assert code == 0, err
+    assert time.monotonic() - started < 45
+    traces = (tmp_path / "data" / "traces.jsonl").read_text()
+    assert traces.count("down=1") >= 5  # the file exporter still got every span
+    metrics = (tmp_path / "data" / "metrics.jsonl").read_text()
+    assert "otel_ebpf.export.failed" in metrics  # and the failures are counted

@@ -133,11 +133,12 @@ MAX_UNANSWERED = 1024
 invisible (sendfile, splice, io_uring...) and the session stops pairing, so that the count
 of owed responses stays bounded and no late response is ever paired with a later request."""
 
+# When attached midstream: chunks and bytes (of the request direction, or of both while the
+# role is unknown) skipped before a request head is found. On a live HTTP/1 connection a request
+# starts a read/write within a few calls; a stream carrying this much without one is not
+# something we can follow.
 MIDSTREAM_MAX_SKIP_CHUNKS = 32
 MIDSTREAM_MAX_SKIP_BYTES = 65536
-"""When attached midstream, chunks and bytes skipped before a request head is found. On a
-live HTTP/1 connection a request starts a read/write within a few calls; a stream that
-carries this much without one is not something we can follow."""
 
 _METHOD_MAX = 32  # longest accepted method token; registered ones are <= 17 ("UPDATEREDIRECTREF")
 _PREFIX_CHECK = 64  # bytes of an incomplete start line checked against the start-line grammar
@@ -302,7 +303,8 @@ Event = RequestHead | ResponseHead | MessageEnd | ParseError | Resync | Skipped 
 #   _UNTIL_CLOSE  close()                                   _DEAD
 #   any           framing error after a message was parsed  _HUNT
 #   any           uncaptured bytes that may hold framing    _HUNT
-#   _HUNT         a chunk begins like a start line         _HEAD (tentative: failure -> _HUNT)
+#   _HUNT         a chunk begins with a whole start line    _HEAD (tentative: failure -> _HUNT)
+#                 (or is all start-line prefix, cut by the capture limit)
 #   _HEAD         not a start line, nothing parsed yet      _DEAD
 #   any           close()                                   _DEAD
 _HEAD = 0
@@ -382,7 +384,9 @@ class Http1Parser:
     # -- public -------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, ts_first: int, ts_last: int, missing: int = 0, *, tid: int = 0) -> list[Event]:
-        """Feed one chunk: ``data`` as captured, then ``missing`` bytes that were not captured."""
+        """Feed one chunk: ``data`` as captured, then ``missing`` bytes that were not captured.
+        Heads that start in this chunk carry ``ts_first`` and ``tid``; messages that end in it,
+        ``ts_last``."""
         state = self._state
         if state >= _SWITCHED:
             return []
@@ -1118,7 +1122,7 @@ class Http1Session:
                     head = self._resp_head
                     p = self._in_flight
                     if (head is not None and p is not None and not p.reported and p.request is not None
-                            and not p.warnings and not head.warning and not ev.warning):
+                            and not p.warnings and not head.warning and not ev.warning and not ev.truncated):
                         # the common case of _response_end, inline
                         self._resp_head = self._in_flight = None
                         p.reported = True

@@ -323,6 +323,55 @@ def test_chunked_event_streams_from_aiohttp_are_parsed():
     assert second.request.target == "/events?n=1"
 
 
+def _exchange(request: bytes, response: bytes, *, close=False):
+    """One request and its response through a server-side session: (exchanges, stats)."""
+    stats = Http1Stats()
+    session = Http1Session(replace(CONN, role=Role.SERVER), stats=stats)
+    out = session.on_data(Direction.INGRESS, request, 1, 2)
+    out += session.on_data(Direction.EGRESS, response, 3, 4)
+    if close:
+        out += session.on_close(5)
+    return out, stats
+
+
+def test_a_response_with_a_transfer_coding_other_than_chunked_ends_at_close():
+    out, _ = _exchange(b"GET /gz HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzzz")
+    assert out == []
+    (ex,), _ = _exchange(b"GET /gz HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzzz",
+                         close=True)
+    assert ex.response.body_size == 4 and not ex.warnings
+
+
+def test_transfer_encoding_wins_over_content_length():
+    (ex,), _ = _exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert ex.response.body_size == 3
+
+
+def test_an_invalid_content_length_ends_the_message_truncated_and_resyncs():
+    (ex,), stats = _exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nabc")
+    assert ex.warnings == ("response framing error: invalid content-length",)
+    assert stats.parse_errors == 1 and stats.resyncs == 1 and stats.non_http_connections == 0
+
+
+def test_a_refused_connect_is_an_ordinary_exchange():
+    stats = Http1Stats()
+    session = Http1Session(replace(CONN, role=Role.CLIENT), stats=stats)
+    session.on_data(Direction.EGRESS, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 1, 1)
+    (ex,) = session.on_data(Direction.INGRESS, b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 2\r\n\r\nno", 2, 2)
+    assert ex.response.body_size == 2 and not session.dead
+    session.on_data(Direction.EGRESS, b"GET /after HTTP/1.1\r\n\r\n", 3, 3)
+    (ex,) = session.on_data(Direction.INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4, 4)
+    assert ex.request.target == "/after"
+
+
+def test_sessions_share_one_stats_object():
+    stats = Http1Stats()
+    for _ in range(3):
+        run(pieces(load("curl")), stats=stats)
+    assert stats.exchanges == 12 and stats.as_dict()["messages"] == 24
+
+
 # ---------------------------------------------------------------------------------------------
 # Capture truncation
 # ---------------------------------------------------------------------------------------------
@@ -352,9 +401,8 @@ def test_uncaptured_bytes_inside_a_chunked_body_resync_on_the_next_head_without_
     assert exchanges[0].response.trailers == () and exchanges[0].response.body_size < 3006
     assert exchanges[3].response.status == 201 and exchanges[3].response.body_size > 0
     assert stats.resyncs == 3 and stats.truncated_messages == 3 and stats.parse_errors == 0
-    truncated = [exchanges[0]]
     # the exchange that lost its framing ends at the last chunk seen
-    assert truncated[0].end_ns == truncated[0].start_ns + 1000 + 10
+    assert exchanges[0].end_ns == exchanges[0].start_ns + 1000 + 10
 
 
 def test_heads_cut_by_capture_are_reported_from_their_start_line_and_keep_the_pairing():
