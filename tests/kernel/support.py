@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from otel_ebpf.bpf.sockdata import object_path
 from otel_ebpf.receivers.http import HttpReceiver, HttpReceiverConfig
 from otel_ebpf.records import Role
 from otel_ebpf.testing import ExchangeSink
+from otel_ebpf.testing.net import free_port, wait_listening
 
 APPS = Path(__file__).parent / "apps"
 PY = sys.executable
@@ -32,23 +32,6 @@ def kernel_unavailable_reason() -> str | None:
     if not object_path().exists():
         return f"BPF object {object_path()} not built (make bpf)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 class Server:

@@ -9,7 +9,7 @@ import time
 from otel_ebpf.bpf.events import SockDataEvent
 from otel_ebpf.bpf.sockdata import SockDataTracer
 
-from .support import Server, client_side, free_port, run_client, server_side
+from .support import Server, client_side, free_port, run_client, server_side, wait_listening
 
 
 def test_bodies_larger_than_the_capture_are_skipped_by_length_and_the_next_request_still_parses(
@@ -58,14 +58,7 @@ def test_ipv6_loopback_connections_are_captured_with_their_addresses(capture):
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "::1", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import socket
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("::1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port, host="::1")
         cap = capture(port)
         subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://[::1]:{port}/"], check=True, timeout=30)
         server = Server(proc, port)

@@ -19,10 +19,13 @@ from otel_ebpf.testing.otlp_receiver import (
     ReceivedRequest,
     ReceivedSpan,
 )
+from otel_ebpf.testing.net import free_port, wait_listening
 from otel_ebpf.testing.sinks import ExchangeSink
 
 __all__ = [
     "ExchangeSink",
+    "free_port",
+    "wait_listening",
     "SPAN_KIND_CLIENT",
     "SPAN_KIND_INTERNAL",
     "SPAN_KIND_SERVER",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import sys
 from pathlib import Path
 
