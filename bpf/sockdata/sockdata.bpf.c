@@ -58,8 +58,10 @@ struct active_call {
 	struct conn_tuple tuple;
 };
 
+/* LRU: an entry whose exit never comes (thread killed inside the call) must
+ * not fill the table for good. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_ACTIVE_CALLS);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct active_call);
@@ -67,7 +69,7 @@ struct {
 
 /* fd of an accept/connect in flight, keyed by pid_tgid. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_ACTIVE_CALLS);
 	__type(key, __u64);
 	__type(value, __s32);
