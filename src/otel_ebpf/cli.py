@@ -131,10 +131,10 @@ def _cmd_replay(args) -> int:
         ev = codec.decode(raw)
         if ev is not None:
             for ex in table.handle(ev):
-                agent.pipeline.consume(ex)
+                agent.head.consume(ex)
                 n += 1
     for ex in table.close_all():
-        agent.pipeline.consume(ex)
+        agent.head.consume(ex)
         n += 1
     agent.pipeline.shutdown(timeout_s=60)
     print(f"otel-ebpf replay: {n} exchanges from {args.recording}", file=sys.stderr)

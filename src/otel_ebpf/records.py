@@ -84,6 +84,58 @@ class HttpResponse:
         return None
 
 
+class ParentSource(enum.StrEnum):
+    """How a span's parent (or the absence of one) was chosen; exported as ``otel_ebpf.parent.source``."""
+
+    TRACEPARENT = "traceparent"  # W3C header on the captured request
+    B3 = "b3"  # single b3 header
+    B3_MULTI = "x-b3"  # x-b3-traceid / x-b3-spanid / x-b3-sampled
+    JAEGER = "uber-trace-id"
+    GRPC_TRACE_BIN = "grpc-trace-bin"
+    THREAD = "thread"  # outbound call on the thread serving an inbound request
+    FORWARDED = "forwarded"  # outbound call carrying the inbound request's context verbatim
+    REQUEST_ID = "request-id"  # outbound call carrying the inbound request's x-request-id
+    PROCESS = "process"  # outbound call while the process served exactly one inbound request
+    CONNECTION = "connection"  # server end of a connection whose client end we saw
+    ROOT = "root"  # nothing to join: a new trace
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLink:
+    trace_id: int
+    span_id: int
+    reason: str  # e.g. "envoy-egress", "envoy-restart", "ambiguous-parent"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceIdentity:
+    """The trace position chosen for an exchange's span by the stitching processor."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None  # None: a root span
+    parent_source: ParentSource
+    sampled: bool = True
+    remote_parent: bool = False  # the parent is another process's span (from headers)
+    trace_state: str = ""
+    links: tuple[SpanLink, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStart:
+    """A request head has been seen: its exchange is in flight (emitted before the Exchange).
+
+    ``request`` holds the head only (``body_size`` 0). ``exchange_id`` matches the
+    ``Exchange`` that completes it.
+    """
+
+    exchange_id: int
+    connection: Connection
+    request: HttpRequest
+    start_ns: int
+    tid: int
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request and its response on one connection.
@@ -103,6 +155,8 @@ class Exchange:
     warnings: tuple[str, ...] = field(default=())  # parse warnings, e.g. "response body truncated"
     route: str | None = None  # from configured route patterns only (processors.routes)
     url_template: str | None = None  # low-cardinality template guessed from the path
+    exchange_id: int = field(default=0, compare=False)  # = RequestStart.exchange_id (0: none emitted)
+    trace: TraceIdentity | None = None  # set by the stitching processor; None: from headers only
 
     @property
     def role(self) -> Role:

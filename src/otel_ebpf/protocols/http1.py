@@ -85,11 +85,22 @@ Design
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from otel_ebpf.records import Connection, Direction, Exchange, Headers, HttpRequest, HttpResponse, Role
+from otel_ebpf.records import (
+    Connection,
+    Direction,
+    Exchange,
+    Headers,
+    HttpRequest,
+    HttpResponse,
+    RequestStart,
+    Role,
+)
 
 __all__ = [
     "MAX_CHUNK_LINE_BYTES",
@@ -968,14 +979,18 @@ class Http1Stats:
 class _Pending:
     """A request seen on the connection, until its exchange is reported."""
 
-    __slots__ = ("head", "request", "warnings", "reported")
+    __slots__ = ("head", "request", "warnings", "reported", "id")
 
     def __init__(self, head: RequestHead) -> None:
+        self.id = next(_exchange_ids)
         self.head = head
         self.request: HttpRequest | None = None  # set at the request's MessageEnd
         self.warnings: list[str] | None = [head.warning] if head.warning else None
         self.reported = False
 
+
+# Exchange ids are unique in the process (RequestStart.exchange_id == Exchange.exchange_id).
+_exchange_ids = itertools.count(1)
 
 _EVICTED = "response not seen: too many requests pending"
 _NO_RESPONSES = "response not seen: responses on this connection are not visible"
@@ -1009,6 +1024,7 @@ class Http1Session:
         "_hunting",
         "_hunt_chunks",
         "_hunt_bytes",
+        "on_request",
     )
 
     def __init__(
@@ -1050,6 +1066,9 @@ class Http1Session:
         self._hunting = midstream  # no request head found yet after a midstream attach
         self._hunt_chunks = 0
         self._hunt_bytes = 0
+        # Called with a RequestStart for every request head, before its exchange completes
+        # (the stitching processor needs inbound requests while they are in flight).
+        self.on_request: Callable[[RequestStart], None] | None = None
 
     @property
     def dead(self) -> bool:
@@ -1132,7 +1151,7 @@ class Http1Session:
                             "http1", self._conn, p.request,
                             HttpResponse(head.status, head.reason, head.version, head.headers, ev.body_size,
                                          ev.trailers),
-                            h.ts, ev.ts, h.tid, ()))
+                            h.ts, ev.ts, h.tid, (), exchange_id=p.id))
                     else:
                         self._response_end(ev, out)
             elif t is RequestHead:
@@ -1143,6 +1162,9 @@ class Http1Session:
                     self._establish()
                 self._hunting = False
                 p = self._current = _Pending(ev)
+                if self.on_request is not None:
+                    self.on_request(RequestStart(p.id, self._conn, HttpRequest(ev.method, ev.target, ev.version,
+                                                                               ev.headers), ev.ts, ev.tid))
                 if not self._requests_only:
                     if len(self._pending) >= self._max_pending:
                         self._evict(ev.ts, out)
@@ -1230,7 +1252,8 @@ class Http1Session:
             wt = ()
         response = HttpResponse(head.status, head.reason, head.version, head.headers, ev.body_size, ev.trailers)
         self._stats.exchanges += 1
-        out.append(Exchange("http1", self._conn, request, response, p.head.ts, ev.ts, p.head.tid, wt))
+        out.append(Exchange("http1", self._conn, request, response, p.head.ts, ev.ts, p.head.tid, wt,
+                            exchange_id=p.id))
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -1254,7 +1277,7 @@ class Http1Session:
         w = list(p.warnings or ())
         if warning:
             w.append(warning)
-        return Exchange("http1", self._conn, request, None, h.ts, end_ts, h.tid, tuple(w))
+        return Exchange("http1", self._conn, request, None, h.ts, end_ts, h.tid, tuple(w), exchange_id=p.id)
 
     def _evict(self, ts: int, out: list[Exchange]) -> None:
         stats = self._stats

@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from ..processinfo import ProcessInfoCache, parse_resource_attributes
 from ..processors.redaction import RedactionConfig, RedactionProcessor
 from ..processors.routes import RoutesProcessor
+from ..processors.stitching import StitchingConfig, StitchingProcessor
 from ..receivers.http import HttpReceiver
 from ..telemetry.jsonfile import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from ..telemetry.metrics import HttpMetricsAggregator, SelfMetrics
@@ -161,9 +162,15 @@ class Agent:
                 metric_exporters.append(exp)
 
         processors = []
+        stitching: StitchingConfig | None = None
         for name in processor_names:
             pcfg = config.processors[name]
-            processors.append(RedactionProcessor(pcfg) if isinstance(pcfg, RedactionConfig) else RoutesProcessor(pcfg))
+            if isinstance(pcfg, StitchingConfig):
+                stitching = pcfg  # a stage in front of the pipeline (it needs request starts), not a per-exchange step
+            elif isinstance(pcfg, RedactionConfig):
+                processors.append(RedactionProcessor(pcfg))
+            else:
+                processors.append(RoutesProcessor(pcfg))
 
         self.pipeline = TelemetryPipeline(
             span_builder=self.span_builder, metrics_aggregator=self.aggregator, span_exporters=span_exporters,
@@ -171,6 +178,14 @@ class Agent:
             metric_interval_s=config.metrics_interval,
             on_exchange=self._on_exchange if self.summary is not None else None,
         )
+        # receivers -> [stitching] -> pipeline (processors, spans, metrics) -> exporters
+        self.stitcher: StitchingProcessor | None = None
+        head = self.pipeline
+        if stitching is not None:
+            self.stitcher = StitchingProcessor(stitching, next_consumer=self.pipeline, process_info=self.process_info)
+            self.self_metrics.register(self.stitcher.stats)
+            head = self.stitcher
+        self.head = head  # where receivers deliver (request starts and exchanges)
         self.receivers: list[HttpReceiver] = []
         for name in receiver_names:
             rcfg = config.receivers[name]
@@ -180,7 +195,7 @@ class Agent:
                 rcfg = replace(rcfg, ports=list(ports))
             if record_path:
                 rcfg = replace(rcfg, record_path=record_path)
-            receiver = HttpReceiver(rcfg, self.pipeline, process_info=self.process_info)
+            receiver = HttpReceiver(rcfg, head, process_info=self.process_info)
             self.receivers.append(receiver)
             self.self_metrics.register(self._receiver_counters(receiver))
         self._lock = threading.Lock()

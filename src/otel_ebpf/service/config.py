@@ -22,6 +22,7 @@ import yaml
 
 from ..processors.redaction import RedactionConfig
 from ..processors.routes import RoutesConfig
+from ..processors.stitching import StitchingConfig
 from ..receivers.http.config import HttpReceiverConfig
 
 __all__ = ["ConfigError", "ServiceConfig", "ExporterConfig", "PipelineConfig", "parse_duration"]
@@ -106,7 +107,7 @@ class PipelineConfig:
 @dataclass
 class ServiceConfig:
     receivers: dict[str, HttpReceiverConfig]
-    processors: dict[str, Any]  # name -> RedactionConfig | RoutesConfig
+    processors: dict[str, Any]  # name -> RedactionConfig | RoutesConfig | StitchingConfig
     exporters: dict[str, ExporterConfig]
     pipelines: dict[str, PipelineConfig]
     metrics_interval: float = 10.0  # seconds between metric exports
@@ -144,8 +145,8 @@ class ServiceConfig:
             receivers[name] = _component(HttpReceiverConfig, _type_of(name, key, ("http",)), body, key)
         processors = {}
         for name, body in _mapping(data.get("processors"), "processors").items():
-            ptype = _type_of(name, f"processors.{name}", ("redaction", "routes"))
-            klass = RedactionConfig if ptype == "redaction" else RoutesConfig
+            ptype = _type_of(name, f"processors.{name}", ("redaction", "routes", "stitching"))
+            klass = {"redaction": RedactionConfig, "routes": RoutesConfig, "stitching": StitchingConfig}[ptype]
             processors[name] = _component(klass, ptype, body, f"processors.{name}")
         exporters = {}
         for name, body in _mapping(data.get("exporters"), "exporters").items():
@@ -193,7 +194,7 @@ class ServiceConfig:
         """
         body: dict[str, Any] = {
             "receivers": {"http": {}},
-            "processors": {"redaction": {}, "routes": {}},
+            "processors": {"stitching": {}, "redaction": {}, "routes": {}},
             "exporters": {"file": {"directory": DEFAULT_DATA_DIR}, "summary": {}},
         }
         signal_exporters = {"traces": ["file", "summary"], "metrics": ["file"]}
@@ -211,7 +212,7 @@ class ServiceConfig:
             signal_exporters[signal].append(etype)
         body["service"] = {
             "pipelines": {
-                signal: {"receivers": ["http"], "processors": ["redaction", "routes"], "exporters": names}
+                signal: {"receivers": ["http"], "processors": ["stitching", "redaction", "routes"], "exporters": names}
                 for signal, names in signal_exporters.items()
             }
         }
@@ -243,7 +244,7 @@ def _component(klass, ctype: str, body: Any, key: str):
             raise ConfigError(f"{key}.{k}: unknown setting for {ctype} (known: {', '.join(sorted(known))})")
     try:
         cfg = klass(**body)
-        if klass is HttpReceiverConfig or klass is ExporterConfig:
+        if klass in (HttpReceiverConfig, ExporterConfig, StitchingConfig):
             cfg.validate(key)
         else:
             cfg.validate()

@@ -109,6 +109,8 @@ class ConnectionTable:
         # Called with (pid, comm or "") of every new connection: lets the agent read
         # /proc while a short-lived client still exists. Must be cheap (cached).
         self.on_new_process = None
+        # Called with every RequestStart (see Http1Session.on_request); None: not emitted.
+        self.on_request = None
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -133,7 +135,9 @@ class ConnectionTable:
             local_address=event.local_address, local_port=event.local_port,
             remote_address=event.remote_address, remote_port=event.remote_port, role=self._role(event),
         )
-        return _Entry(event.sock_id, Http1Session(conn, stats=self.http1_stats, midstream=midstream), 0)
+        session = Http1Session(conn, stats=self.http1_stats, midstream=midstream)
+        session.on_request = self.on_request
+        return _Entry(event.sock_id, session, 0)
 
     def _insert(self, key: tuple[int, int], entry: _Entry) -> list[Exchange]:
         out: list[Exchange] = []

@@ -46,7 +46,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 
 from otel_ebpf.processinfo import ProcessInfoCache
 from otel_ebpf.processors.redaction import RedactionProcessor
@@ -54,6 +54,7 @@ from otel_ebpf.processors.routes import RoutesProcessor
 from otel_ebpf.records import Exchange, Role
 from otel_ebpf.telemetry.metrics import DEFAULT_DURATION_BUCKETS, SelfMetrics
 from otel_ebpf.telemetry.pipeline import ExchangeProcessor
+from otel_ebpf.telemetry.spans import LINK_REASON, PARENT_SOURCE
 from otel_ebpf.telemetry.semantics import (
     OTEL_EBPF_SERVICE_NAME,
     SCHEMA_URL,
@@ -131,7 +132,25 @@ class SdkTelemetry:
         attributes = {**sem.attributes, **identity}
 
         parent = sem.parent
-        if parent is not None:
+        links = None
+        ident = exchange.trace
+        if ident is not None:
+            # Placed by the stitching processor. Your SDK generates its own span ids, so only a
+            # parent from headers (another process's span) can be used as such; parents among our
+            # own spans (thread, request id, connection pairing) become links here.
+            attributes[PARENT_SOURCE] = ident.parent_source.value
+            flags = _SAMPLED if ident.sampled else _NOT_SAMPLED
+            links = [Link(SpanContext(lk.trace_id, lk.span_id, True, _SAMPLED), {LINK_REASON: lk.reason})
+                     for lk in ident.links]
+            if ident.parent_span_id is not None and ident.remote_parent:
+                remote = SpanContext(ident.trace_id, ident.parent_span_id, is_remote=True, trace_flags=flags)
+                context = trace_api.set_span_in_context(NonRecordingSpan(remote), Context())
+            else:
+                if ident.parent_span_id is not None:
+                    links.append(Link(SpanContext(ident.trace_id, ident.parent_span_id, True, flags),
+                                      {LINK_REASON: f"parent-{ident.parent_source.value}"}))
+                context = Context()
+        elif parent is not None:
             remote = SpanContext(
                 parent.trace_id,
                 parent.span_id,
@@ -144,7 +163,7 @@ class SdkTelemetry:
             context = Context()
         end = exchange.end_ns if exchange.end_ns >= exchange.start_ns else exchange.start_ns
         span = self._tracer.start_span(
-            sem.name, context=context, kind=sem.kind, attributes=attributes, start_time=exchange.start_ns
+            sem.name, context=context, kind=sem.kind, attributes=attributes, start_time=exchange.start_ns, links=links
         )
         if sem.status.status_code is not trace_api.StatusCode.UNSET:
             span.set_status(sem.status)

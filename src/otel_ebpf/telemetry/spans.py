@@ -68,7 +68,7 @@ from opentelemetry.semconv.attributes.telemetry_attributes import (
     TELEMETRY_DISTRO_NAME,
     TELEMETRY_DISTRO_VERSION,
 )
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_ebpf.processinfo import ProcessInfo, ProcessInfoCache
 from otel_ebpf.records import Exchange
@@ -80,6 +80,9 @@ from otel_ebpf.telemetry.semantics import (
     describe,
     process_attributes,
 )
+
+PARENT_SOURCE = "otel_ebpf.parent.source"  # how the parent was chosen (records.ParentSource)
+LINK_REASON = "otel_ebpf.link.reason"  # why a span link was added (e.g. envoy-egress)
 
 __all__ = ["AGENT_SERVICE_NAME", "DISTRO_NAME", "SpanBuilder", "agent_resource"]
 
@@ -209,18 +212,31 @@ class SpanBuilder:
         else:
             resource = self._agent_resource
             attributes = {**attributes, **process_attributes(info)}
-        parent = sem.parent
-        if parent is not None:
-            trace_id = parent.trace_id
-            flags = _SAMPLED if parent.sampled else _NOT_SAMPLED
-            trace_state = parent.trace_state
-            parent_ctx = SpanContext(trace_id, parent.span_id, True, flags, trace_state)
+        links: tuple[Link, ...] = ()
+        ident = exchange.trace
+        if ident is not None:  # placed by the stitching processor
+            flags = _SAMPLED if ident.sampled else _NOT_SAMPLED
+            trace_state = sem.parent.trace_state if sem.parent is not None and ident.remote_parent else None
+            parent_ctx = None if ident.parent_span_id is None else SpanContext(
+                ident.trace_id, ident.parent_span_id, ident.remote_parent, flags, trace_state)
+            context = SpanContext(ident.trace_id, ident.span_id, False, flags, trace_state)
+            attributes = {**attributes, PARENT_SOURCE: ident.parent_source.value}
+            if ident.links:
+                links = tuple(Link(SpanContext(lk.trace_id, lk.span_id, True, _SAMPLED), {LINK_REASON: lk.reason})
+                              for lk in ident.links)
         else:
-            trace_id = self._ids.generate_trace_id()
-            flags = _SAMPLED
-            trace_state = None
-            parent_ctx = None
-        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)
+            parent = sem.parent
+            if parent is not None:
+                trace_id = parent.trace_id
+                flags = _SAMPLED if parent.sampled else _NOT_SAMPLED
+                trace_state = parent.trace_state
+                parent_ctx = SpanContext(trace_id, parent.span_id, True, flags, trace_state)
+            else:
+                trace_id = self._ids.generate_trace_id()
+                flags = _SAMPLED
+                trace_state = None
+                parent_ctx = None
+            context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)
         start = exchange.start_ns
         end = exchange.end_ns if exchange.end_ns >= start else start
         return ReadableSpan(
@@ -234,4 +250,5 @@ class SpanBuilder:
             start_time=start,
             end_time=end,
             instrumentation_scope=self._scope,
+            links=links,
         )

@@ -21,6 +21,7 @@ from otel_ebpf.testing.otlp_receiver import (
 )
 from otel_ebpf.testing.net import free_port, wait_listening
 from otel_ebpf.testing.sinks import ExchangeSink
+from otel_ebpf.testing.zipkin_receiver import ZipkinReceiver
 
 __all__ = [
     "ExchangeSink",
@@ -34,4 +35,5 @@ __all__ = [
     "ReceivedMetric",
     "ReceivedRequest",
     "ReceivedSpan",
+    "ZipkinReceiver",
 ]

@@ -74,9 +74,9 @@ def test_the_example_config_loads_with_every_setting_it_spells_out():
     assert cfg.exporters["summary"].interval == 2.0
     assert cfg.metrics_interval == 10.0
     assert cfg.pipelines == {
-        "traces": PipelineConfig(receivers=["http"], processors=["redaction", "routes"],
+        "traces": PipelineConfig(receivers=["http"], processors=["stitching", "redaction", "routes"],
                                  exporters=["otlp", "file", "summary"]),
-        "metrics": PipelineConfig(receivers=["http"], processors=["redaction", "routes"], exporters=["otlp", "file"]),
+        "metrics": PipelineConfig(receivers=["http"], processors=["stitching", "redaction", "routes"], exporters=["otlp", "file"]),
     }
 
 
@@ -308,12 +308,12 @@ def test_the_embedded_default_without_an_otlp_endpoint_writes_files_and_the_summ
     cfg = ServiceConfig.embedded_default(environ={})
 
     assert cfg.receivers == {"http": HttpReceiverConfig()}
-    assert set(cfg.processors) == {"redaction", "routes"}
+    assert set(cfg.processors) == {"stitching", "redaction", "routes"}
     assert {name: e.type for name, e in cfg.exporters.items()} == {"file": "file", "summary": "summary"}
     assert cfg.exporters["file"].directory == DEFAULT_DATA_DIR
     assert cfg.pipelines["traces"].exporters == ["file", "summary"]
     assert cfg.pipelines["metrics"].exporters == ["file"]
-    assert cfg.pipelines["traces"].processors == cfg.pipelines["metrics"].processors == ["redaction", "routes"]
+    assert cfg.pipelines["traces"].processors == cfg.pipelines["metrics"].processors == ["stitching", "redaction", "routes"]
 
 
 def test_an_empty_otlp_endpoint_variable_counts_as_unset():

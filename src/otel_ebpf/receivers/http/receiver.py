@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class ExchangeConsumer(Protocol):
+    """Receives completed exchanges. May also define ``request_started(start: RequestStart)``,
+    then called for every request head, in kernel order, before the exchange completes."""
+
     def consume(self, exchange: Exchange) -> None: ...
 
 
@@ -55,6 +58,8 @@ class HttpReceiver:
         self.http1_stats = Http1Stats()
         self.table = ConnectionTable(clock=self.clock, stats=self.http1_stats,
                                      max_connections=config.max_connections, idle_timeout_s=config.idle_timeout)
+        if hasattr(consumer, "request_started"):
+            self.table.on_request = self._guarded(consumer.request_started)
         if process_info is None:  # not `or`: an empty cache is falsy
             process_info = getattr(consumer, "process_info", None)
         if process_info is not None:
@@ -77,6 +82,16 @@ class HttpReceiver:
                                              info=BpfObjectInfo.from_file(self._tracer._path))
         self._thread = threading.Thread(target=self._run, name="otel-ebpf-http-receiver", daemon=True)
         self._thread.start()
+
+    def _guarded(self, fn):
+        def call(start):
+            try:
+                fn(start)
+            except Exception:  # a consumer bug must not stop capture
+                self.consumer_errors += 1
+                log.exception("consumer failed on a request start")
+
+        return call
 
     @property
     def attached_programs(self) -> list[str]:
