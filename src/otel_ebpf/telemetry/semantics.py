@@ -63,7 +63,9 @@ from typing import Any, NamedTuple
 
 from opentelemetry.semconv._incubating.attributes.http_attributes import (
     HTTP_REQUEST_BODY_SIZE,
+    HTTP_REQUEST_HEADER_TEMPLATE,
     HTTP_RESPONSE_BODY_SIZE,
+    HTTP_RESPONSE_HEADER_TEMPLATE,
 )
 from opentelemetry.semconv._incubating.attributes.process_attributes import (
     PROCESS_EXECUTABLE_NAME,
@@ -344,6 +346,12 @@ def _format_address(address: str, port: int | None) -> str:
 # the one-pass description
 
 
+# Headers kept as span attributes (semconv http.request.header.<name> / http.response.header.<name>,
+# string arrays): the mesh's request id and Envoy's own timing, so a trace can be audited.
+CAPTURED_REQUEST_HEADERS = frozenset({"x-request-id", "x-envoy-attempt-count"})
+CAPTURED_RESPONSE_HEADERS = frozenset({"x-envoy-upstream-service-time"})
+
+
 def describe(exchange: Exchange) -> HttpSemantics:
     """Name, kind, attributes, metric attributes, status and parent of one exchange."""
     request = exchange.request
@@ -559,6 +567,14 @@ def describe(exchange: Exchange) -> HttpSemantics:
         attrs[ERROR_TYPE] = error_type
     if exchange.tid > 0:
         attrs[THREAD_ID] = exchange.tid
+    # Mesh facts worth auditing a trace by (never secrets: these names are fixed).
+    for name, value in request.headers:
+        if name in CAPTURED_REQUEST_HEADERS:
+            attrs.setdefault(f"{HTTP_REQUEST_HEADER_TEMPLATE}.{name}", []).append(value)
+    if response is not None:
+        for name, value in response.headers:
+            if name in CAPTURED_RESPONSE_HEADERS:
+                attrs.setdefault(f"{HTTP_RESPONSE_HEADER_TEMPLATE}.{name}", []).append(value)
 
     # metric attributes (semconv order; sorted keys are not needed by consumers)
     mattrs: dict[str, Any] = {HTTP_REQUEST_METHOD: method}

@@ -6,9 +6,10 @@ Usage::
 
     require_envoy()  # skip without Envoy; fail under CI=true
     with Mesh(tracer="otel", app="threaded", propagate="none", workdir=tmp_path) as mesh:
-        status, body = mesh.get("/a/1")
-        spans = mesh.receiver.wait_for_spans(3)
-        mesh.app_a.pid, mesh.envoy_a.pid, mesh.envoy_a.inbound_port, ...
+        status, body = mesh.get("/a/1")           # or drive mesh.url("/a/1") with any client
+        spans = mesh.wait_for_envoy_spans(3)      # a.ingress, a.egress, b.ingress as EnvoySpan
+        raw = mesh.receiver.spans()               # everything the OtlpReceiver / ZipkinReceiver got
+        mesh.app_a.pid, mesh.envoy_a.pid, mesh.envoy_a.inbound_port, mesh.pids, mesh.ports, ...
 
 Topology (every hop a real TCP connection on 127.0.0.1; ports picked at start)::
 
@@ -59,7 +60,7 @@ from typing import Any, Self
 import pytest
 import yaml
 
-from otel_ebpf.testing import OtlpReceiver, ZipkinReceiver, free_port, wait_listening
+from otel_ebpf.testing import OtlpReceiver, ReceivedSpan, ZipkinReceiver, free_port, wait_listening
 from otel_ebpf.testing.zipkin_receiver import ZipkinSpan
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
 APPS = Path(__file__).parent / "apps"
 APP_SCRIPTS = {"threaded": APPS / "threaded_app.py", "asyncio": APPS / "asyncio_app.py"}
 TRACERS = ("otel", "zipkin")
+PROPAGATION = ("none", "forward")
 
 ISTIO_INBOUND_SOURCE = "127.0.0.6"
 """Source address of Istio's inbound passthrough connections to the app (any 127/8 address is local)."""
@@ -495,8 +497,8 @@ class MeshApp(_Process):
     ) -> None:
         if kind not in APP_SCRIPTS:
             raise ValueError(f"app must be one of {sorted(APP_SCRIPTS)}, got {kind!r}")
-        if propagate not in ("none", "forward"):
-            raise ValueError(f"propagate must be 'none' or 'forward', got {propagate!r}")
+        if propagate not in PROPAGATION:
+            raise ValueError(f"propagate must be one of {PROPAGATION}, got {propagate!r}")
         self.name = name
         self.workdir = Path(workdir)
         self.kind = kind
@@ -571,34 +573,34 @@ class EnvoySpan:
         return self.trace_id.rjust(32, "0")
 
 
-def _envoy_span(span: Any, sidecars: tuple[str, ...]) -> EnvoySpan | None:
+def _envoy_span(span: ReceivedSpan | ZipkinSpan, sidecars: tuple[str, ...]) -> EnvoySpan | None:
     if isinstance(span, ZipkinSpan):
         if span.local_service not in sidecars:
             return None
         return EnvoySpan(
-            span.local_service,
-            span.name,
-            span.kind,
-            span.trace_id,
-            span.id,
-            span.parent_id,
-            span.tags.get("guid:x-request-id", ""),
-            span.tags.get("http.url", ""),
-            span.tags,
+            sidecar=span.local_service,
+            name=span.name,
+            kind=span.kind,
+            trace_id=span.trace_id,
+            span_id=span.id,
+            parent_id=span.parent_id,
+            request_id=span.tags.get("guid:x-request-id", ""),
+            url=span.tags.get("http.url", ""),
+            tags=span.tags,
         )
     service = span.resource.get("service.name", "")
     if span.scope != "envoy" or service not in sidecars:
         return None
     return EnvoySpan(
-        service,
-        span.name,
-        span.kind_name,
-        span.trace_id,
-        span.span_id,
-        span.parent_span_id,
-        span.attributes.get("guid:x-request-id", ""),
-        span.attributes.get("http.url", ""),
-        span.attributes,
+        sidecar=service,
+        name=span.name,
+        kind=span.kind_name,
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_id=span.parent_span_id,
+        request_id=span.attributes.get("guid:x-request-id", ""),
+        url=span.attributes.get("http.url", ""),
+        tags=span.attributes,
     )
 
 
@@ -609,7 +611,8 @@ class Mesh:
     ``receiver=`` to share one you own (it is then neither started nor stopped here). ``app``:
     "threaded" or "asyncio" (both A and B). ``propagate``: what app A does with trace headers.
     ``record=True`` makes both apps log every request's headers (``mesh.app_a.requests()``).
-    Other keywords go to both :class:`EnvoySidecar` instances.
+    ``sleep_ms`` delays both apps' handling. ``trace_id_128bit``, ``zipkin_w3c`` and
+    ``spawn_upstream_span`` configure both :class:`EnvoySidecar` instances.
     """
 
     def __init__(
@@ -622,26 +625,38 @@ class Mesh:
         record: bool = False,
         receiver: OtlpReceiver | ZipkinReceiver | None = None,
         workdir: Path | str | None = None,
-        **sidecar_options: Any,
+        trace_id_128bit: bool = True,
+        zipkin_w3c: bool = False,
+        spawn_upstream_span: bool = False,
     ) -> None:
         if tracer not in TRACERS:
             raise ValueError(f"tracer must be one of {TRACERS}, got {tracer!r}")
+        if app not in APP_SCRIPTS:
+            raise ValueError(f"app must be one of {sorted(APP_SCRIPTS)}, got {app!r}")
+        if propagate not in PROPAGATION:
+            raise ValueError(f"propagate must be one of {PROPAGATION}, got {propagate!r}")
+        wanted = OtlpReceiver if tracer == "otel" else ZipkinReceiver
+        if receiver is not None and not isinstance(receiver, wanted):
+            raise ValueError(f"tracer={tracer!r} exports to a {wanted.__name__}, got {type(receiver).__name__}")
         self.tracer = tracer
         self._own_receiver = receiver is None
-        self.receiver: OtlpReceiver | ZipkinReceiver = receiver or (
-            OtlpReceiver() if tracer == "otel" else ZipkinReceiver()
-        )
+        self.receiver: OtlpReceiver | ZipkinReceiver = receiver or wanted()
+        self.workdir = Path(workdir) if workdir is not None else None
         self._temporary = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="otel-ebpf-mesh-"))
         self._app_options = {"kind": app, "sleep_ms": sleep_ms, "record": record}
         self._propagate = propagate
-        self._sidecar_options = sidecar_options
+        self._sidecar_options = {
+            "tracer": tracer,
+            "trace_id_128bit": trace_id_128bit,
+            "zipkin_w3c": zipkin_w3c,
+            "spawn_upstream_span": spawn_upstream_span,
+        }
         self.app_a: MeshApp
         self.app_b: MeshApp
         self.envoy_a: EnvoySidecar
         self.envoy_b: EnvoySidecar
         self._started = False
-        self.startup_s = 0.0
+        self.startup_s = 0.0  # how long start() took
 
     def __enter__(self) -> Self:
         return self.start()
@@ -653,6 +668,8 @@ class Mesh:
         """Start the receiver (if owned), both apps and both sidecars in parallel; return once all listen."""
         began = time.monotonic()
         self._started = True
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="otel-ebpf-mesh-"))
         try:
             if self._own_receiver:
                 self.receiver.start()
@@ -661,7 +678,6 @@ class Mesh:
             self.envoy_b = EnvoySidecar(
                 "envoy-b",
                 workdir=self.workdir,
-                tracer=self.tracer,
                 collector_port=collector_port,
                 app_port=self.app_b.port,
                 **self._sidecar_options,
@@ -677,7 +693,6 @@ class Mesh:
             self.envoy_a = EnvoySidecar(
                 "envoy-a",
                 workdir=self.workdir,
-                tracer=self.tracer,
                 collector_port=collector_port,
                 app_port=self.app_a.port,
                 upstream_port=self.envoy_b.inbound_port,
