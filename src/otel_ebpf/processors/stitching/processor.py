@@ -31,6 +31,9 @@ __all__ = ["StitchingProcessor"]
 # Links kept per span: an ambiguous outbound call on a busy asyncio server could otherwise
 # link to hundreds of candidate parents.
 MAX_LINKS = 8
+# Requests an Envoy worker thread read and has not forwarded yet, per thread: a worker handles
+# many connections at once; past this the oldest are forgotten (their links are not made).
+ENVOY_READS_PER_THREAD = 256
 
 
 class _Flight:
@@ -38,7 +41,7 @@ class _Flight:
 
     __slots__ = ("exchange_id", "pid", "tid", "role", "conn_key", "request_id", "carried", "trace_id", "span_id",
                  "parent_span_id", "source", "sampled", "remote_parent", "trace_state", "links", "suppressed",
-                 "envoy")
+                 "envoy", "what")
 
     def __init__(self, start: RequestStart, carried: CarriedContext | None, envoy: bool):
         c = start.connection
@@ -59,6 +62,7 @@ class _Flight:
         self.links: list[SpanLink] = []
         self.suppressed = ""  # why no span is emitted ("" = emit)
         self.envoy = envoy
+        self.what = (start.request.method, start.request.target)
 
     def link(self, trace_id: int, span_id: int, reason: str) -> None:
         if len(self.links) < MAX_LINKS and not any(lk.span_id == span_id for lk in self.links):
@@ -96,7 +100,7 @@ class StitchingProcessor:
         self._servers_by_request_id: dict[tuple[int, str], _Flight] = {}
         self._servers_by_carried: dict[tuple[int, int, int], _Flight] = {}
         self._clients_by_conn: dict[tuple, deque[_Flight]] = {}
-        self._envoy_downstream: OrderedDict[tuple[int, int], _Flight] = OrderedDict()
+        self._envoy_downstream: OrderedDict[tuple[int, int], deque[_Flight]] = OrderedDict()
         self._restarted: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.counters: dict[str, int] = {
             "otel_ebpf.stitching.parent.header": 0, "otel_ebpf.stitching.parent.thread": 0,
@@ -256,14 +260,28 @@ class StitchingProcessor:
         flight.suppressed = "envoy"
         key = (flight.pid, flight.tid)
         if flight.role == Role.SERVER:
-            client = self._peer_client(flight)
-            if client is not None:  # an app's outbound call, read by this Envoy worker thread
-                self._envoy_downstream[key] = client
-                self._envoy_downstream.move_to_end(key)
-                while len(self._envoy_downstream) > self.config.max_in_flight:
-                    self._envoy_downstream.popitem(last=False)
+            # Envoy read a request on this worker thread; the upstream request it writes next on the
+            # same thread is that request's next hop. The app's client end is looked up only then:
+            # its write may reach us after Envoy's read of it.
+            queue = self._envoy_downstream.get(key)
+            if queue is None:
+                queue = self._envoy_downstream[key] = deque(maxlen=ENVOY_READS_PER_THREAD)
+            queue.append(flight)
+            self._envoy_downstream.move_to_end(key)
+            while len(self._envoy_downstream) > self.config.max_in_flight:
+                self._envoy_downstream.popitem(last=False)
             return
-        client = self._envoy_downstream.get(key)
+        # The upstream request matches the oldest request read on this worker thread with the same
+        # method and target (Envoy forwards them unchanged; a worker serves its requests in order).
+        downstream = None
+        queue = self._envoy_downstream.get(key)
+        if queue:
+            for candidate in queue:
+                if candidate.what == flight.what:
+                    downstream = candidate
+                    queue.remove(candidate)
+                    break
+        client = self._peer_client(downstream) if downstream is not None else None
         carried = flight.carried
         if client is None or carried is None or client.suppressed or client.trace_id == carried.trace_id:
             return

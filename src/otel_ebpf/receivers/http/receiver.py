@@ -21,11 +21,12 @@ from typing import Protocol
 
 from ...bpf.btf import BpfObjectInfo
 from ...bpf.clock import MonotonicClock
+from ...bpf.events import ConnEvent, SockDataEvent
 from ...bpf.recording import RecordingWriter
 from ...bpf.sockdata import SockDataTracer
 from ...processinfo import ProcessInfoCache
 from ...protocols.http1 import Http1Stats
-from ...records import Exchange
+from ...records import Direction, Exchange
 from ...stream.conntable import ConnectionTable
 from .config import HttpReceiverConfig
 
@@ -39,6 +40,26 @@ class ExchangeConsumer(Protocol):
     then called for every request head, in kernel order, before the exchange completes."""
 
     def consume(self, exchange: Exchange) -> None: ...
+
+
+def _causal_ts(ev: SockDataEvent | ConnEvent) -> int:
+    if type(ev) is SockDataEvent:
+        return ev.ts_enter if ev.direction == Direction.EGRESS else ev.ts_exit
+    return ev.ts
+
+
+def causal_order(raw: list[bytes], codec) -> list[SockDataEvent | ConnEvent]:
+    """Decoded records of one ring-buffer batch in causal order.
+
+    The ring holds records in the order syscalls *returned*. On loopback a reader in another
+    process can return (and submit) before the writer that fed it does, so a server's read of a
+    request may precede the client's write of it. Ordering by when bytes were available to each
+    side — a write's entry, a read's exit — puts causes before effects again; within one
+    connection and direction it keeps the syscalls' own order.
+    """
+    events = [ev for ev in map(codec.decode, raw) if ev is not None]
+    events.sort(key=_causal_ts)
+    return events
 
 
 class HttpReceiver:
@@ -118,13 +139,10 @@ class HttpReceiver:
                     for rec in raw:
                         self._recorder.write(rec)
                 handle = table.handle
-                decode = codec.decode
-                for rec in raw:
-                    ev = decode(rec)
-                    if ev is not None:
-                        done = handle(ev)
-                        if done:
-                            self._emit(done)
+                for ev in causal_order(raw, codec):
+                    done = handle(ev)
+                    if done:
+                        self._emit(done)
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     next_housekeeping = now + 1.0
@@ -134,10 +152,8 @@ class HttpReceiver:
                 log.exception("http receiver loop error (continuing)")
                 self._stop.wait(0.1)
         # final drain of what the kernel already wrote
-        for rec in tracer.poll_raw(0):
-            ev = codec.decode(rec)
-            if ev is not None:
-                self._emit(table.handle(ev))
+        for ev in causal_order(tracer.poll_raw(0), codec):
+            self._emit(table.handle(ev))
 
     def stats(self) -> dict[str, int]:
         """Cumulative counters of the kernel side, the connection table and the HTTP/1 parser."""
