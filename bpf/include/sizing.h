@@ -21,8 +21,8 @@
 /* Sockets whose role (client/server) is known from connect/accept. */
 #define MAX_TRACKED_SOCKS 65536
 
-/* Local ports of the agent's own sockets (to ignore the far end of them). */
-#define MAX_SELF_PORTS 4096
+/* The agent's own connections (to ignore the far end of them). */
+#define MAX_SELF_CONNS 8192
 
 /* Entries of the pid and port filter maps. */
 #define MAX_FILTER_PIDS 1024

@@ -83,12 +83,25 @@ struct {
 	__type(value, __u8);
 } sock_role SEC(".maps");
 
+/* The agent's own connections, keyed by their 4-tuple as the agent sees it.
+ * A connection whose mirrored tuple is here is the far end of one of ours
+ * (e.g. the collector reading our exports) and is not traced. The full tuple,
+ * not just the port: an ephemeral port the agent used is soon reused by
+ * unrelated connections. Entries go at the agent's close(); LRU as a backstop. */
+struct self_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 _pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_SELF_PORTS);
-	__type(key, __u16);
+	__uint(max_entries, MAX_SELF_CONNS);
+	__type(key, struct self_key);
 	__type(value, __u8);
-} self_ports SEC(".maps");
+} self_conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -256,20 +269,47 @@ static __always_inline int ports_allowed(const struct conn_tuple *t)
 	return bpf_map_lookup_elem(&filter_ports, &t->sport) || bpf_map_lookup_elem(&filter_ports, &t->dport);
 }
 
-/* The agent's own sockets: remember their local ports so that the far end of
- * them (e.g. the collector receiving our exports) is not traced either. */
-static __always_inline int is_self(__u32 tgid, __s32 fd)
+/* 1 when `t` (seen by another process) is the far end of one of the agent's connections. */
+static __always_inline int is_far_end_of_self(const struct conn_tuple *t)
 {
+	struct self_key k = {};
+
+	__builtin_memcpy(k.local, t->daddr, 16);
+	__builtin_memcpy(k.remote, t->saddr, 16);
+	k.lport = t->dport;
+	k.rport = t->sport;
+	if (!bpf_map_lookup_elem(&self_conns, &k))
+		return 0;
+	stat_add(STAT_SELF_SKIPPED, 1);
+	return 1;
+}
+
+/* The agent's own sockets are never traced; their tuples are remembered so that
+ * the far end of them is not traced either. `closing` forgets the tuple. */
+static __always_inline int is_self(__u32 tgid, __s32 fd, int closing)
+{
+	struct conn_tuple t = {};
+	struct self_key k = {};
+	struct sock *sk;
+	__u8 one = 1;
+
 	if (tgid != targ_self_tgid)
 		return 0;
-	struct sock *sk = fd_to_tcp_sock(fd);
-	if (sk) {
-		__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
-		__u8 one = 1;
-		if (port)
-			bpf_map_update_elem(&self_ports, &port, &one, BPF_ANY);
-	}
 	stat_add(STAT_SELF_SKIPPED, 1);
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return 1;
+	read_tuple(sk, &t);
+	if (!t.sport || !t.dport)
+		return 1; /* not connected yet: recorded at the next call */
+	__builtin_memcpy(k.local, t.saddr, 16);
+	__builtin_memcpy(k.remote, t.daddr, 16);
+	k.lport = t.sport;
+	k.rport = t.dport;
+	if (closing)
+		bpf_map_delete_elem(&self_conns, &k);
+	else
+		bpf_map_update_elem(&self_conns, &k, &one, BPF_NOEXIST);
 	return 1;
 }
 
@@ -280,16 +320,14 @@ static __always_inline int prepare_call(struct active_call *call, __s32 fd, __u6
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct sock *sk;
 
-	if (is_self(tgid, fd) || !pid_allowed(tgid))
+	if (is_self(tgid, fd, 0) || !pid_allowed(tgid))
 		return -1;
 	sk = fd_to_tcp_sock(fd);
 	if (!sk)
 		return -1;
 	read_tuple(sk, &call->tuple);
-	if (bpf_map_lookup_elem(&self_ports, &call->tuple.dport)) {
-		stat_add(STAT_SELF_SKIPPED, 1);
+	if (is_far_end_of_self(&call->tuple))
 		return -1;
-	}
 	if (!ports_allowed(&call->tuple))
 		return -1;
 	call->buf = buf;
@@ -603,7 +641,7 @@ static __always_inline int conn_opened(__s32 fd, __u8 role)
 	struct sock *sk;
 	__u64 sock_id;
 
-	if (is_self(tgid, fd) || !pid_allowed(tgid))
+	if (is_self(tgid, fd, 0) || !pid_allowed(tgid))
 		return 0;
 	sk = fd_to_tcp_sock(fd);
 	if (!sk)
@@ -611,7 +649,7 @@ static __always_inline int conn_opened(__s32 fd, __u8 role)
 	sock_id = (__u64)sk;
 	bpf_map_update_elem(&sock_role, &sock_id, &role, BPF_ANY);
 	read_tuple(sk, &t);
-	if (bpf_map_lookup_elem(&self_ports, &t.dport) || !ports_allowed(&t))
+	if (is_far_end_of_self(&t) || !ports_allowed(&t))
 		return 0;
 	emit_conn(EVENT_CONN_OPEN, fd, sk, role);
 	return 0;
@@ -665,13 +703,13 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	struct sock *sk;
 	__u64 sock_id;
 
-	if (tgid == targ_self_tgid || !pid_allowed(tgid))
+	if (is_self(tgid, fd, 1) || !pid_allowed(tgid))
 		return 0;
 	sk = fd_to_tcp_sock(fd);
 	if (!sk)
 		return 0;
 	read_tuple(sk, &t);
-	if (bpf_map_lookup_elem(&self_ports, &t.dport) || !ports_allowed(&t))
+	if (is_far_end_of_self(&t) || !ports_allowed(&t))
 		return 0;
 	sock_id = (__u64)sk;
 	emit_conn(EVENT_CONN_CLOSE, fd, sk, lookup_role(sock_id));

@@ -162,3 +162,112 @@ def test_zipkin_b3_with_64_bit_trace_ids_and_forwarded_headers(tmp_path):
             assert s_a.parent_span_id == a_in.span_id
             assert s_a.attributes["otel_ebpf.parent.source"] in ("x-b3", "b3")
             assert c_a.parent_span_id == s_a.span_id
+
+
+def _settle(count, timeout: float) -> None:
+    """Wait until ``count()`` stops growing (Envoy's own exporter may drop spans under load)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = count()
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 2.0:
+            return
+        time.sleep(0.2)
+
+
+def _request_index(span) -> str:
+    path = span.attributes.get("url.path") or str(span.attributes.get("url.full", "")).split("127.0.0.1", 1)[-1]
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize(("tracer", "propagate", "bits128"), [
+    ("otel", "forward", True), ("otel", "none", True), ("zipkin", "forward", False), ("zipkin", "none", False)])
+def test_one_thousand_requests_join_envoys_traces_with_no_duplicate_or_orphan_roots(tmp_path, tracer, propagate,
+                                                                                     bits128):
+    n = 1000
+    envoy_receiver = OtlpReceiver() if tracer == "otel" else ZipkinReceiver()
+    with envoy_receiver, OtlpReceiver() as otlp, Mesh(tracer=tracer, app="threaded", propagate=propagate,
+                                                      receiver=envoy_receiver, trace_id_128bit=bits128,
+                                                      workdir=tmp_path) as mesh:
+        agent = _agent(mesh, otlp)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(lambda i: mesh.get(f"/a/{i}")[0], range(n)))
+            assert statuses.count(200) == n
+            _settle(lambda: len(_ours(otlp)), timeout=60)
+        finally:
+            agent.shutdown()
+        _settle(lambda: len(mesh.envoy_spans()), timeout=30)
+        envoy = mesh.envoy_spans()
+        ours = _ours(otlp)
+        stats = {**agent.receivers[0].last_stats, **agent.self_metrics.snapshot()}
+        assert len(ours) == 3 * n, {k: v for k, v in stats.items() if v}  # no span lost, no duplicate
+        assert not [s for s in ours if not s.parent_span_id]  # no root of ours: all inside Envoy's traces
+        by_request: dict[str, dict[str, object]] = {}
+        for s in ours:
+            role = ("s_a" if s.kind == SPAN_KIND_SERVER else "c_a") if s.resource.get("process.pid") == mesh.app_a.pid \
+                else "s_b"
+            by_request.setdefault(_request_index(s), {})[role] = s
+        assert len(by_request) == n and all(len(v) == 3 for v in by_request.values())
+        envoy_by = {(e.sidecar, e.name, e.url.rsplit("/", 1)[-1]): e for e in envoy}
+        checked = 0
+        for i, r in by_request.items():
+            s_a, c_a, s_b = r["s_a"], r["c_a"], r["s_b"]
+            assert c_a.parent_span_id == s_a.span_id and c_a.trace_id == s_a.trace_id
+            a_in = envoy_by.get(("envoy-a", "ingress", i))
+            b_in = envoy_by.get(("envoy-b", "ingress", i))
+            if a_in is not None:
+                assert (s_a.trace_id, s_a.parent_span_id) == (a_in.trace_id_32, a_in.span_id)
+                checked += 1
+            if b_in is not None:
+                assert (s_b.trace_id, s_b.parent_span_id) == (b_in.trace_id_32, b_in.span_id)
+            reasons_c = {lk["attributes"].get("otel_ebpf.link.reason") for lk in c_a.links}
+            reasons_b = {lk["attributes"].get("otel_ebpf.link.reason") for lk in s_b.links}
+            if propagate == "forward":
+                assert s_b.trace_id == s_a.trace_id  # one trace per request
+                assert not c_a.links and not s_b.links
+            else:
+                assert s_b.trace_id != s_a.trace_id  # Envoy restarted the trace on egress
+                assert "envoy-egress" in reasons_c and "envoy-restart" in reasons_b
+                back = [lk for lk in s_b.links if lk["attributes"].get("otel_ebpf.link.reason") == "envoy-restart"]
+                assert (back[0]["trace_id"], back[0]["span_id"]) == (c_a.trace_id, c_a.span_id)
+        assert checked >= n * 0.5, f"too few Envoy spans arrived to check against ({checked})"
+
+
+def test_without_a_sidecar_the_server_span_is_the_child_of_the_client_span_on_the_same_connection(tmp_path):
+    import subprocess
+    from ..support import start_python_server
+
+    server = start_python_server("threading_server.py")
+    try:
+        with OtlpReceiver() as otlp:
+            cfg = ServiceConfig.from_dict({
+                "receivers": {"http": {"ports": [server.port], "poll_interval_ms": 20}},
+                "processors": {"stitching": {}},
+                "exporters": {"otlp": {"endpoint": otlp.grpc_endpoint}},
+                "service": {"pipelines": {"traces": {"receivers": ["http"], "processors": ["stitching"],
+                                                     "exporters": ["otlp"]}}},
+            })
+            agent = Agent(cfg, environ={})
+            agent.start()
+            try:
+                for i in range(5):
+                    subprocess.run(["curl", "-s", "-o", "/dev/null", server.url(f"/ok?pair={i}")], check=True,
+                                   timeout=30)
+                otlp.wait_for_spans(10, timeout=30)
+            finally:
+                agent.shutdown()
+            spans = otlp.spans()
+            for i in range(5):
+                (srv,) = [s for s in spans if s.kind == SPAN_KIND_SERVER and s.attributes.get("url.query") == f"pair={i}"]
+                (cli,) = [s for s in spans if s.kind == SPAN_KIND_CLIENT
+                          and s.attributes.get("url.full", "").endswith(f"pair={i}")]
+                assert srv.trace_id == cli.trace_id and srv.parent_span_id == cli.span_id
+                assert srv.attributes["otel_ebpf.parent.source"] == "connection"
+                assert not cli.parent_span_id
+    finally:
+        server.stop()

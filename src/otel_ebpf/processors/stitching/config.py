@@ -33,6 +33,8 @@ class StitchingConfig:
                 raise ValueError(f"{key}.envoy_ports: {p!r} is not a TCP port")
         for a in self.envoy_addresses:
             try:
+                if not isinstance(a, str):
+                    raise TypeError(a)
                 ipaddress.ip_address(a)
             except (ValueError, TypeError):
                 raise ValueError(f"{key}.envoy_addresses: {a!r} is not an IP address") from None

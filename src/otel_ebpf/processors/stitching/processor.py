@@ -231,8 +231,8 @@ class StitchingProcessor:
                 flight.suppressed = "instrumented-client"
                 flight.trace_id, flight.span_id = carried.trace_id, carried.span_id
                 return
-            else:
-                server, how, candidates = self._enclosing_server(flight)
+            else:  # keep the app's own span as the parent (the header names it)
+                server, how, candidates = None, None, []
         else:
             server, how, candidates = self._enclosing_server(flight)
         if server is not None:
@@ -295,6 +295,14 @@ class StitchingProcessor:
     # ---- completion ----
 
     def _forget(self, flight: _Flight) -> None:
+        if flight.envoy and flight.role == Role.SERVER:
+            # a request Envoy answered itself (503, rate limit, fault) must not stay a match candidate
+            queue = self._envoy_downstream.get((flight.pid, flight.tid))
+            if queue is not None:
+                try:
+                    queue.remove(flight)
+                except ValueError:
+                    pass
         for index, key in ((self._servers_by_thread, (flight.pid, flight.tid)),
                            (self._servers_by_pid, flight.pid)):
             lst = index.get(key)
@@ -325,19 +333,22 @@ class StitchingProcessor:
             flight = self._flights.pop(exchange.exchange_id, None)
             if flight is not None:
                 self._forget(flight)
+                if flight.suppressed:
+                    name = "envoy_suppressed" if flight.suppressed == "envoy" else "duplicate_client_suppressed"
+                    self.counters[f"otel_ebpf.stitching.{name}"] += 1
+            else:
+                self.counters["otel_ebpf.stitching.unmatched"] += 1
         if flight is None:
             # No request head was seen through request_started (e.g. a receiver without it):
             # fall back to the headers alone.
-            self.counters["otel_ebpf.stitching.unmatched"] += 1
             self._next.consume(exchange)
             return
         if flight.suppressed:
-            name = "envoy_suppressed" if flight.suppressed == "envoy" else "duplicate_client_suppressed"
-            self.counters[f"otel_ebpf.stitching.{name}"] += 1
             return
         self._next.consume(replace(exchange, trace=flight.identity()))
 
     def stats(self) -> dict[str, int]:
-        out = dict(self.counters)
+        with self._lock:
+            out = dict(self.counters)
         out["otel_ebpf.stitching.in_flight"] = len(self._flights)
         return out

@@ -60,7 +60,7 @@ def _hex_id(text: str, max_len: int) -> int | None:
 
 
 def _traceparent(value: str) -> tuple[int, int, bool] | None:
-    m = _TRACEPARENT.fullmatch(value.strip().lower())
+    m = _TRACEPARENT.fullmatch(value.strip())  # W3C: lower-case hex only
     if not m:
         return None
     version, trace_hex, span_hex, flags_hex, rest = m.groups()
