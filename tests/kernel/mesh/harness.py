@@ -104,7 +104,7 @@ __all__ = [
 APPS = Path(__file__).parent / "apps"
 APP_SCRIPTS = {"threaded": APPS / "threaded_app.py", "asyncio": APPS / "asyncio_app.py"}
 TRACERS = ("otel", "zipkin")
-PROPAGATION = ("none", "forward")
+PROPAGATION = ("none", "forward", "sdk")  # sdk: threaded app only (OpenTelemetry SDK in the app)
 
 ISTIO_INBOUND_SOURCE = "127.0.0.6"
 """Source address of Istio's inbound passthrough connections to the app (any 127/8 address is local)."""

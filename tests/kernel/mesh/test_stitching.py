@@ -271,3 +271,31 @@ def test_without_a_sidecar_the_server_span_is_the_child_of_the_client_span_on_th
                 assert not cli.parent_span_id
     finally:
         server.stop()
+
+
+def test_an_app_with_its_own_sdk_gets_no_duplicate_client_span_and_the_downstream_server_joins_its_span(
+        tmp_path):
+    with OtlpReceiver() as otlp, Mesh(tracer="otel", app="threaded", propagate="sdk", receiver=otlp,
+                                      workdir=tmp_path) as mesh:
+        n = 10
+        agent = _agent(mesh, otlp)
+        try:
+            for i in range(n):
+                assert mesh.get(f"/a/{i}")[0] == 200
+            mesh.wait_for_envoy_spans(3 * n, timeout=30)
+            otlp.wait_for(lambda spans: len([s for s in spans if s.scope == "otel_ebpf"]) >= 2 * n, timeout=30)
+        finally:
+            agent.shutdown()
+        ours = _ours(otlp)
+        envoy = mesh.envoy_spans()
+        assert not [s for s in ours if s.kind == SPAN_KIND_CLIENT]  # the app's SDK made those
+        assert agent.stitcher.stats()["otel_ebpf.stitching.duplicate_client_suppressed"] == n
+        for i in range(n):
+            a_in = next(e for e in envoy if e.sidecar == "envoy-a" and e.name == "ingress" and e.url.endswith(f"/a/{i}"))
+            a_out = next(e for e in envoy if e.sidecar == "envoy-a" and e.name == "egress" and e.url.endswith(f"/b/{i}"))
+            (s_a,) = _by_path(ours, mesh.app_a.pid, SPAN_KIND_SERVER, f"/a/{i}")
+            (s_b,) = _by_path(ours, mesh.app_b.pid, SPAN_KIND_SERVER, f"/b/{i}")
+            # Envoy's egress span is a child of the app's own (unexported) CLIENT span, in the same trace
+            assert a_out.trace_id_32 == s_a.trace_id == s_b.trace_id == a_in.trace_id_32
+            assert a_out.parent_id not in (a_in.span_id, s_a.span_id)
+            assert s_a.parent_span_id == a_in.span_id

@@ -99,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
             sent = {}
             if args.propagate == "forward":
                 sent = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
+            elif args.propagate == "sdk":
+                sent = _sdk_client_headers(dict(self.headers.items()))
             try:
                 upstream_status, body = self._call_upstream(f"/b/{n}", sent)
                 status = 200 if upstream_status == 200 else 502
@@ -118,12 +120,35 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, body)
 
 
+_TRACER = None
+
+
+def _sdk_client_headers(inbound: dict[str, str]) -> dict[str, str]:
+    """--propagate sdk: the app is instrumented with the OpenTelemetry SDK. It continues the inbound
+    W3C context, starts its own CLIENT span and injects that span's context (a new span id)."""
+    global _TRACER
+    from opentelemetry.propagators.textmap import DefaultGetter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if _TRACER is None:
+        _TRACER = TracerProvider().get_tracer("threaded_app")
+    propagator = TraceContextTextMapPropagator()
+    lowered = {k.lower(): v for k, v in inbound.items()}
+    parent = propagator.extract(lowered, getter=DefaultGetter())
+    out: dict[str, str] = {}
+    with _TRACER.start_as_current_span("GET /b", context=parent, kind=SpanKind.CLIENT):
+        propagator.inject(out)
+    return out
+
+
 def main():
     global args
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", default="", help="base URL that /a/<n> calls /b/<n> on")
-    parser.add_argument("--propagate", choices=("none", "forward"), default="none")
+    parser.add_argument("--propagate", choices=("none", "forward", "sdk"), default="none")
     parser.add_argument("--sleep-ms", type=float, default=0)
     parser.add_argument("--record", default="", help="append one JSON line per request to this file")
     args = parser.parse_args()
