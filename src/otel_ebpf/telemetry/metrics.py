@@ -64,6 +64,12 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv._incubating.metrics.rpc_metrics import (
+    RPC_CLIENT_CALL_DURATION,
+    RPC_CLIENT_DURATION,
+    RPC_SERVER_CALL_DURATION,
+    RPC_SERVER_DURATION,
+)
 from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
@@ -89,11 +95,31 @@ DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
 OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
 """The attribute of the overflow series, as in the metrics SDK specification (no semconv constant)."""
 
-_DESCRIPTIONS = {
-    HTTP_SERVER_REQUEST_DURATION: "Duration of HTTP server requests.",
-    HTTP_CLIENT_REQUEST_DURATION: "Duration of HTTP client requests.",
+_MS_BUCKETS = (0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+               10000.0)  # the SDK's default explicit buckets, which dashboards of the old ms metrics expect
+
+
+class _MetricSpec:
+    __slots__ = ("description", "unit", "scale", "bounds")
+
+    def __init__(self, description: str, unit: str, scale: float, bounds: tuple[float, ...] | None):
+        self.description = description
+        self.unit = unit
+        self.scale = scale  # seconds -> unit
+        self.bounds = bounds  # None: the aggregator's boundaries
+
+
+_METRICS = {
+    HTTP_SERVER_REQUEST_DURATION: _MetricSpec("Duration of HTTP server requests.", "s", 1.0, None),
+    HTTP_CLIENT_REQUEST_DURATION: _MetricSpec("Duration of HTTP client requests.", "s", 1.0, None),
+    RPC_SERVER_CALL_DURATION: _MetricSpec("Measures the duration of an incoming Remote Procedure Call (RPC).", "s",
+                                          1.0, None),
+    RPC_CLIENT_CALL_DURATION: _MetricSpec("Measures the duration of an outgoing Remote Procedure Call (RPC).", "s",
+                                          1.0, None),
+    # the older experimental names, with OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup
+    RPC_SERVER_DURATION: _MetricSpec("Measures the duration of inbound RPC.", "ms", 1000.0, _MS_BUCKETS),
+    RPC_CLIENT_DURATION: _MetricSpec("Measures the duration of outbound RPC.", "ms", 1000.0, _MS_BUCKETS),
 }
-_UNIT_SECONDS = "s"
 _OVERFLOW = "otel_ebpf.metrics.overflow"
 _EXPIRED = "otel_ebpf.metrics.series_expired"
 _UNKNOWN_ROLE = "otel_ebpf.metrics.unknown_role"
@@ -193,11 +219,12 @@ class SelfMetrics:
 
 
 class _Series:
-    __slots__ = ("attributes", "count", "counts", "last_used", "max", "min", "start_ns", "sum")
+    __slots__ = ("attributes", "bounds", "count", "counts", "last_used", "max", "min", "start_ns", "sum")
 
-    def __init__(self, attributes: dict[str, Any], n_buckets: int, start_ns: int, now: float) -> None:
+    def __init__(self, attributes: dict[str, Any], bounds: tuple[float, ...], start_ns: int, now: float) -> None:
         self.attributes = attributes
-        self.counts = [0] * n_buckets
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
         self.min = float("inf")
@@ -235,7 +262,6 @@ class HttpMetricsAggregator:
         if any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])):
             raise ValueError("boundaries must be strictly increasing")
         self._bounds = bounds
-        self._n_buckets = len(bounds) + 1
         self._max_series = max_series
         self._self_metrics = self_metrics
         self._agent_resource = agent_resource
@@ -256,23 +282,35 @@ class HttpMetricsAggregator:
         return self._n_series
 
     def record(
-        self, exchange: Exchange, resource: Resource, *, attributes: Mapping[str, Any] | None = None
+        self, exchange: Exchange, resource: Resource, *, attributes: Mapping[str, Any] | None = None,
+        metrics: Sequence[str] | None = None,
     ) -> None:
-        """Add the exchange's duration; ``attributes`` defaults to ``metric_attributes(exchange)``."""
-        role = exchange.connection.role
-        if role == Role.SERVER:
-            metric = HTTP_SERVER_REQUEST_DURATION
-        elif role == Role.CLIENT:
-            metric = HTTP_CLIENT_REQUEST_DURATION
-        else:
-            if self._self_metrics is not None:
-                self._self_metrics.add(_UNKNOWN_ROLE)
-            return
+        """Add the exchange's duration; ``attributes`` defaults to ``metric_attributes(exchange)``.
+
+        ``metrics`` names the histograms to record into (e.g. ``rpc.server.call.duration``); by
+        default the HTTP duration histogram of the exchange's role.
+        """
+        if metrics is None:
+            role = exchange.connection.role
+            if role == Role.SERVER:
+                metrics = (HTTP_SERVER_REQUEST_DURATION,)
+            elif role == Role.CLIENT:
+                metrics = (HTTP_CLIENT_REQUEST_DURATION,)
+            else:
+                if self._self_metrics is not None:
+                    self._self_metrics.add(_UNKNOWN_ROLE)
+                return
         if attributes is None:
             attributes = metric_attributes(exchange)
-        duration = (exchange.end_ns - exchange.start_ns) / 1e9
-        if duration < 0.0:
-            duration = 0.0
+        seconds = (exchange.end_ns - exchange.start_ns) / 1e9
+        if seconds < 0.0:
+            seconds = 0.0
+        for metric in metrics:
+            spec = _METRICS[metric]
+            self._record_one(metric, seconds * spec.scale, spec.bounds or self._bounds, resource, attributes)
+
+    def _record_one(self, metric: str, duration: float, bounds: tuple[float, ...], resource: Resource,
+                    attributes: Mapping[str, Any]) -> None:
         key = (metric, tuple(sorted(attributes.items())))
         overflowed = False
         now = self._clock()
@@ -283,7 +321,7 @@ class HttpMetricsAggregator:
                 if self._n_series < self._max_series:
                     if slot is None:
                         slot = self._new_slot(resource)
-                    series = _Series(dict(attributes), self._n_buckets, time.time_ns(), now)
+                    series = _Series(dict(attributes), bounds, time.time_ns(), now)
                     slot.series[key] = series
                     self._n_series += 1
                 else:
@@ -292,11 +330,11 @@ class HttpMetricsAggregator:
                     if self._overflow_enabled and slot is not None:
                         series = slot.overflow.get(metric)
                         if series is None:
-                            series = _Series({OVERFLOW_ATTRIBUTE: True}, self._n_buckets, time.time_ns(), now)
+                            series = _Series({OVERFLOW_ATTRIBUTE: True}, bounds, time.time_ns(), now)
                             slot.overflow[metric] = series
                             self._n_series += 1
             if series is not None:
-                series.counts[bisect_left(self._bounds, duration)] += 1
+                series.counts[bisect_left(bounds, duration)] += 1
                 series.count += 1
                 series.sum += duration
                 if duration < series.min:
@@ -345,14 +383,8 @@ class HttpMetricsAggregator:
                     points.setdefault(metric, []).append(self._point(series, now))
                 metrics = by_resource.setdefault(resource, [])
                 for metric in sorted(points):
-                    metrics.append(
-                        Metric(
-                            metric,
-                            _DESCRIPTIONS[metric],
-                            _UNIT_SECONDS,
-                            Histogram(points[metric], _CUMULATIVE),
-                        )
-                    )
+                    spec = _METRICS[metric]
+                    metrics.append(Metric(metric, spec.description, spec.unit, Histogram(points[metric], _CUMULATIVE)))
             self.expired += expired
         if expired and self._self_metrics is not None:
             self._self_metrics.add(_EXPIRED, expired)
@@ -390,7 +422,7 @@ class HttpMetricsAggregator:
             count=s.count,
             sum=s.sum,
             bucket_counts=list(s.counts),
-            explicit_bounds=self._bounds,
+            explicit_bounds=s.bounds,
             min=s.min if s.count else 0.0,
             max=s.max if s.count else 0.0,
         )

@@ -246,7 +246,7 @@ class TelemetryPipeline:
                     return
             sem = describe(exchange)
             span = self._builder.build(exchange, semantics=sem)
-            self._aggregator.record(exchange, span.resource, attributes=sem.metric_attributes)
+            self._aggregator.record(exchange, span.resource, attributes=sem.metric_attributes, metrics=sem.metrics)
         except Exception:
             self._self.add(ERRORS)
             _logger.debug("dropping an exchange that failed in the pipeline", exc_info=True)

@@ -88,6 +88,8 @@ class SdkTelemetry:
             SCOPE_NAME, SCOPE_VERSION, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
         )
         meter = metrics_api.get_meter(SCOPE_NAME, SCOPE_VERSION, meter_provider=meter_provider, schema_url=SCHEMA_URL)
+        self._meter = meter
+        self._rpc_histograms: dict[str, object] = {}
         self._server_duration = meter.create_histogram(
             HTTP_SERVER_REQUEST_DURATION,
             unit="s",
@@ -169,6 +171,15 @@ class SdkTelemetry:
             span.set_status(sem.status)
         span.end(end_time=end)
 
+        mattrs = sem.metric_attributes
+        if self._service_metric_attribute:
+            mattrs = {**mattrs, OTEL_EBPF_SERVICE_NAME: identity[OTEL_EBPF_SERVICE_NAME]}
+        seconds = (end - exchange.start_ns) / 1e9
+        if sem.metrics is not None:  # e.g. rpc.server.call.duration for gRPC
+            for name in sem.metrics:
+                histogram, scale = self._rpc_histogram(name)
+                histogram.record(seconds * scale, attributes=mattrs)
+            return
         role = exchange.connection.role
         if role == Role.SERVER:
             histogram = self._server_duration
@@ -176,7 +187,13 @@ class SdkTelemetry:
             histogram = self._client_duration
         else:
             return
-        mattrs = sem.metric_attributes
-        if self._service_metric_attribute:
-            mattrs = {**mattrs, OTEL_EBPF_SERVICE_NAME: identity[OTEL_EBPF_SERVICE_NAME]}
-        histogram.record((end - exchange.start_ns) / 1e9, attributes=mattrs)
+        histogram.record(seconds, attributes=mattrs)
+
+    def _rpc_histogram(self, name: str):
+        found = self._rpc_histograms.get(name)
+        if found is None:
+            ms = not name.endswith(".call.duration")  # the older experimental rpc.*.duration are in ms
+            found = self._rpc_histograms[name] = (self._meter.create_histogram(
+                name, unit="ms" if ms else "s", description=f"Duration of RPC calls ({name}).",
+                explicit_bucket_boundaries_advisory=None if ms else DEFAULT_DURATION_BUCKETS), 1000.0 if ms else 1.0)
+        return found

@@ -176,7 +176,7 @@ class ParentContext(NamedTuple):
 class HttpSemantics:
     """Everything :func:`describe` derives from one exchange. Attributes are plain fields."""
 
-    __slots__ = ("attributes", "error_type", "kind", "metric_attributes", "name", "parent", "status")
+    __slots__ = ("attributes", "error_type", "kind", "metric_attributes", "metrics", "name", "parent", "status")
 
     def __init__(
         self,
@@ -187,7 +187,9 @@ class HttpSemantics:
         status: Status,
         error_type: str | None,
         parent: ParentContext | None,
+        metrics: tuple[str, ...] | None = None,
     ) -> None:
+        self.metrics = metrics  # duration histograms to record into; None: the HTTP one of the role
         self.name = name
         self.kind = kind
         self.attributes = attributes
@@ -353,6 +355,15 @@ CAPTURED_RESPONSE_HEADERS = frozenset({"x-envoy-upstream-service-time"})
 
 
 def describe(exchange: Exchange) -> HttpSemantics:
+    """Span and metric facts of one exchange (HTTP semantic conventions; RPC ones for gRPC)."""
+    if exchange.protocol == "grpc":
+        from otel_ebpf.telemetry.rpc import describe_rpc
+
+        return describe_rpc(exchange, describe_http(exchange))
+    return describe_http(exchange)
+
+
+def describe_http(exchange: Exchange) -> HttpSemantics:
     """Name, kind, attributes, metric attributes, status and parent of one exchange."""
     request = exchange.request
     response = exchange.response
