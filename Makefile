@@ -6,7 +6,7 @@ CLANG ?= clang
 ARCH := x86
 TRACERS := $(notdir $(patsubst %/,%,$(dir $(wildcard bpf/*/*.bpf.c))))
 BPF_OBJ := $(foreach t,$(TRACERS),src/otel_ebpf/bpf/objects/$(t).bpf.o)
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make curl wrk nghttp2-client nginx-light
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make curl wrk nghttp2-client nghttp2-server nginx-light
 
 .PHONY: setup run test bench bpf clean vmlinux system-deps venv tracefs
 

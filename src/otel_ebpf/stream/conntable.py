@@ -25,8 +25,9 @@ from pathlib import Path
 
 from ..bpf.clock import MonotonicClock
 from ..bpf.events import ConnEvent, EventType, SockDataEvent
-from ..protocols.http1 import Http1Session, Http1Stats
+from ..protocols.http1 import Http1Stats
 from ..records import Connection, Direction, Exchange, Role
+from .detect import DetectingSession, Http2Stats
 
 __all__ = ["ConnectionTable", "ListeningPorts", "TableStats"]
 
@@ -83,7 +84,7 @@ class ListeningPorts:
 class _Entry:
     __slots__ = ("sock_id", "session", "last_seen")
 
-    def __init__(self, sock_id: int, session: Http1Session, last_seen: int):
+    def __init__(self, sock_id: int, session: DetectingSession, last_seen: int):
         self.sock_id = sock_id
         self.session = session
         self.last_seen = last_seen
@@ -98,9 +99,11 @@ class ConnectionTable:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         listening: ListeningPorts | None = None,
+        http2_stats=None,
     ):
         self._clock = clock
         self.http1_stats = stats
+        self.http2_stats = http2_stats if http2_stats is not None else (Http2Stats() if Http2Stats else None)
         self.stats = TableStats()
         self._max = max_connections
         self._idle_ns = int(idle_timeout_s * 1e9)
@@ -135,7 +138,8 @@ class ConnectionTable:
             local_address=event.local_address, local_port=event.local_port,
             remote_address=event.remote_address, remote_port=event.remote_port, role=self._role(event),
         )
-        session = Http1Session(conn, stats=self.http1_stats, midstream=midstream)
+        session = DetectingSession(conn, http1_stats=self.http1_stats, http2_stats=self.http2_stats,
+                                   midstream=midstream)
         session.on_request = self.on_request
         return _Entry(event.sock_id, session, 0)
 

@@ -160,6 +160,9 @@ class HttpReceiver:
         out = {f"kernel.{k}": v for k, v in self._tracer.stats().items()} if self._started and not self._stopped else {}
         out.update({f"table.{k}": v for k, v in self.table.stats.as_dict().items()})
         out.update({f"http1.{k}": getattr(self.http1_stats, k) for k in self.http1_stats.__slots__})
+        h2 = self.table.http2_stats
+        if h2 is not None:
+            out.update({f"http2.{k}": getattr(h2, k) for k in h2.__slots__})
         out["table.connections"] = len(self.table)
         out["consumer_errors"] = self.consumer_errors
         return out

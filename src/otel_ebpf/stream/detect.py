@@ -1,0 +1,75 @@
+"""Protocol detection per connection: HTTP/1.x or HTTP/2, from the first bytes seen.
+
+Usage::
+
+    session = DetectingSession(connection, http1_stats=s1, http2_stats=s2, midstream=False)
+    session.on_request = stitcher.request_started
+    exchanges = session.on_data(direction, data, ts_first, ts_last, missing=0, tid=tid)
+
+The first chunk that carries bytes decides: the HTTP/2 connection preface (h2c prior knowledge,
+and what a TLS-less gRPC channel sends) selects HTTP/2; on a connection picked up midstream, a
+plausible run of HTTP/2 frame headers does too; anything else goes to the HTTP/1 parser, which
+drops non-HTTP connections itself (counted). The chosen session then gets every chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..protocols.http1 import Http1Session, Http1Stats
+from ..records import Connection, Direction, Exchange, RequestStart
+
+__all__ = ["DetectingSession"]
+
+try:  # HTTP/2 support is optional at import time (the parser module may be absent in a slim build)
+    from ..protocols.http2 import PREFACE, Http2Session, Http2Stats, looks_like_http2
+except ImportError:  # pragma: no cover
+    PREFACE, Http2Session, Http2Stats, looks_like_http2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None, None, None
+
+
+class DetectingSession:
+    __slots__ = ("_conn", "_http1_stats", "_http2_stats", "_midstream", "_inner", "on_request")
+
+    def __init__(self, connection: Connection, *, http1_stats: Http1Stats, http2_stats=None,
+                 midstream: bool = False):
+        self._conn = connection
+        self._http1_stats = http1_stats
+        self._http2_stats = http2_stats
+        self._midstream = midstream
+        self._inner = None
+        self.on_request: Callable[[RequestStart], None] | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self._inner is not None and self._inner.dead
+
+    @property
+    def connection(self) -> Connection:
+        return self._inner.connection if self._inner is not None else self._conn
+
+    @property
+    def protocol(self) -> str:
+        if self._inner is None:
+            return "unknown"
+        return "http2" if Http2Session is not None and isinstance(self._inner, Http2Session) else "http1"
+
+    def _choose(self, data: bytes) -> None:
+        h2 = Http2Session is not None and self._http2_stats is not None and (
+            (len(data) >= 3 and PREFACE.startswith(data[: len(PREFACE)]))
+            or (self._midstream and looks_like_http2(data)))
+        if h2:
+            self._inner = Http2Session(self._conn, stats=self._http2_stats, midstream=self._midstream)
+        else:
+            self._inner = Http1Session(self._conn, stats=self._http1_stats, midstream=self._midstream)
+        self._inner.on_request = self.on_request
+
+    def on_data(self, direction: Direction, data: bytes, ts_first: int, ts_last: int, *, missing: int = 0,
+                tid: int = 0) -> list[Exchange]:
+        if self._inner is None:
+            if not data:
+                return []  # nothing to decide on yet (e.g. sendfile bytes): wait for real bytes
+            self._choose(data)
+        return self._inner.on_data(direction, data, ts_first, ts_last, missing=missing, tid=tid)
+
+    def on_close(self, ts: int) -> list[Exchange]:
+        return self._inner.on_close(ts) if self._inner is not None else []
