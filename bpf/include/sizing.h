@@ -8,9 +8,10 @@
  * knob max_capture_bytes (default 4 KiB) may only lower it. */
 #define MAX_CAPTURE_BYTES 16384
 
-/* iovec entries copied per readv/writev/recvmsg/sendmsg call. Bytes in later
+/* iovec entries copied per readv/writev/recvmsg/sendmsg call (grpc C-core writes
+ * one frame header, payload and trailer per iovec). Bytes in later
  * entries still count in the event's length, they are just not captured. */
-#define MAX_IOV 8
+#define MAX_IOV 64
 
 /* Messages of one recvmmsg/sendmmsg call turned into data events. */
 #define MAX_MMSG 4

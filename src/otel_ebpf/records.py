@@ -145,7 +145,7 @@ class Exchange:
     ``response`` is None when the connection ended before any response.
     """
 
-    protocol: str  # "http1"
+    protocol: str  # "http1", "http2", "grpc"
     connection: Connection
     request: HttpRequest
     response: HttpResponse | None
@@ -157,6 +157,7 @@ class Exchange:
     url_template: str | None = None  # low-cardinality template guessed from the path
     exchange_id: int = field(default=0, compare=False)  # = RequestStart.exchange_id (0: none emitted)
     trace: TraceIdentity | None = None  # set by the stitching processor; None: from headers only
+    rpc_messages: tuple[int, int] = (0, 0)  # gRPC length-prefixed messages seen (request, response)
 
     @property
     def role(self) -> Role:

@@ -85,12 +85,12 @@ Design
 from __future__ import annotations
 
 import enum
-import itertools
 import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from otel_ebpf.protocols.common import exchange_ids
 from otel_ebpf.records import (
     Connection,
     Direction,
@@ -989,8 +989,8 @@ class _Pending:
         self.reported = False
 
 
-# Exchange ids are unique in the process (RequestStart.exchange_id == Exchange.exchange_id).
-_exchange_ids = itertools.count(1)
+# Exchange ids are unique in the process, across protocols (RequestStart.exchange_id == Exchange.exchange_id).
+_exchange_ids = exchange_ids
 
 _EVICTED = "response not seen: too many requests pending"
 _NO_RESPONSES = "response not seen: responses on this connection are not visible"

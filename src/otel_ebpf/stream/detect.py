@@ -7,9 +7,11 @@ Usage::
     exchanges = session.on_data(direction, data, ts_first, ts_last, missing=0, tid=tid)
 
 The first chunk that carries bytes decides: the HTTP/2 connection preface (h2c prior knowledge,
-and what a TLS-less gRPC channel sends) selects HTTP/2; on a connection picked up midstream, a
-plausible run of HTTP/2 frame headers does too; anything else goes to the HTTP/1 parser, which
-drops non-HTTP connections itself (counted). The chosen session then gets every chunk.
+and what a TLS-less gRPC channel sends) selects HTTP/2, and so does a plausible run of HTTP/2
+frame headers (a server's SETTINGS seen before the client's preface, or a connection picked up
+midstream); anything else goes to the HTTP/1 parser, which drops non-HTTP connections itself
+(counted). The chosen session then gets every chunk. ``Upgrade: h2c`` is not followed yet: the
+HTTP/1 session reports the upgrade request with its 101 and stops there.
 """
 
 from __future__ import annotations
@@ -54,9 +56,8 @@ class DetectingSession:
         return "http2" if Http2Session is not None and isinstance(self._inner, Http2Session) else "http1"
 
     def _choose(self, data: bytes) -> None:
-        h2 = Http2Session is not None and self._http2_stats is not None and (
-            (len(data) >= 3 and PREFACE.startswith(data[: len(PREFACE)]))
-            or (self._midstream and looks_like_http2(data)))
+        # looks_like_http2 also accepts a server's SETTINGS that reached us before the client's preface
+        h2 = Http2Session is not None and self._http2_stats is not None and looks_like_http2(data)
         if h2:
             self._inner = Http2Session(self._conn, stats=self._http2_stats, midstream=self._midstream)
         else:

@@ -1,0 +1,117 @@
+"""gRPC and HTTP/2 captured from the kernel: grpcio server and client, h2load, curl, nghttpd."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from otel_ebpf.records import Role
+from otel_ebpf.service.agent import Agent
+from otel_ebpf.service.config import ServiceConfig
+from otel_ebpf.testing import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, OtlpReceiver
+
+from .support import APPS, PY, free_port, wait_listening
+
+
+@pytest.fixture
+def grpc_server():
+    port = free_port()
+    proc = subprocess.Popen([PY, str(APPS / "grpc_app.py"), "serve", str(port)], stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    yield proc, port
+    proc.terminate()
+    proc.wait(10)
+
+
+def _call(port: int, shape: str, n: int) -> None:
+    subprocess.run([PY, str(APPS / "grpc_app.py"), "call", str(port), shape, str(n)], check=True, timeout=120)
+
+
+def _status(e):
+    for k, v in (e.response.trailers if e.response else ()) + (e.response.headers if e.response else ()):
+        if k == "grpc-status":
+            return v
+    return None
+
+
+def test_the_four_rpc_shapes_errors_and_deadlines_become_grpc_exchanges(grpc_server, capture):
+    proc, port = grpc_server
+    cap = capture(port)
+    for shape in ("unary", "server_stream", "client_stream", "bidi", "not_found", "deadline"):
+        _call(port, shape, 3)
+    served = cap.sink.wait_for(18, where=lambda e: e.connection.pid == proc.pid and e.connection.role == Role.SERVER,
+                               timeout=30)
+    by_path: dict[str, list] = {}
+    for e in served:
+        by_path.setdefault(e.request.target, []).append(e)
+    assert all(e.protocol == "grpc" and e.request.version == "2" for e in served)
+    for path in ("/demo.Echo/Unary", "/demo.Echo/ServerStream", "/demo.Echo/ClientStream", "/demo.Echo/Bidi"):
+        assert len(by_path[path]) == 3 and {_status(e) for e in by_path[path]} == {"0"}, path
+    assert {_status(e) for e in by_path["/demo.Echo/Fail"]} == {"5"}
+    clients = cap.sink.wait_for(18, where=lambda e: e.connection.role == Role.CLIENT and e.connection.remote_port == port,
+                                timeout=30)
+    slow = [e for e in clients if e.request.target == "/demo.Echo/Slow"]
+    assert len(slow) == 3
+    assert all(e.end_ns - e.start_ns < 1.5e9 for e in slow)  # ended by the client's RST_STREAM, not the reply
+
+
+def test_grpc_spans_and_rpc_metrics_over_otlp(grpc_server):
+    proc, port = grpc_server
+    with OtlpReceiver() as otlp:
+        cfg = ServiceConfig.from_dict({
+            "receivers": {"http": {"ports": [port], "poll_interval_ms": 20}},
+            "exporters": {"otlp": {"endpoint": otlp.grpc_endpoint}},
+            "service": {"metrics_interval": "1s", "pipelines": {
+                "traces": {"receivers": ["http"], "exporters": ["otlp"]},
+                "metrics": {"receivers": ["http"], "exporters": ["otlp"]}}},
+        })
+        agent = Agent(cfg, environ={})
+        agent.start()
+        try:
+            _call(port, "unary", 5)
+            _call(port, "not_found", 2)
+            otlp.wait_for_spans(14, timeout=30)
+            metrics = otlp.wait_for_metrics(1, timeout=30, where=lambda m: m.name == "rpc.server.call.duration")
+        finally:
+            agent.shutdown()
+        spans = otlp.spans()
+        unary = [s for s in spans if s.kind == SPAN_KIND_SERVER and s.name == "demo.Echo/Unary"]
+        assert len(unary) == 5
+        a = unary[0].attributes
+        assert a["rpc.system.name"] == "grpc" and a["rpc.method"] == "demo.Echo/Unary"
+        assert a["rpc.response.status_code"] == "OK" and a["network.protocol.version"] == "2"
+        fail_server = [s for s in spans if s.kind == SPAN_KIND_SERVER and s.name == "demo.Echo/Fail"]
+        fail_client = [s for s in spans if s.kind == SPAN_KIND_CLIENT and s.name == "demo.Echo/Fail"]
+        assert fail_server[0].attributes["rpc.response.status_code"] == "NOT_FOUND"
+        assert fail_server[0].status_code == 0  # NOT_FOUND is not a server error
+        assert fail_client[0].status_code == 2  # but it is one for the client
+        assert metrics[0].unit == "s"
+
+
+def test_h2load_with_one_hundred_concurrent_streams_on_one_connection(capture, tmp_path):
+    nghttpd = shutil.which("nghttpd")
+    assert nghttpd, "nghttpd missing (make setup installs nghttp2-server)"
+    (tmp_path / "index.html").write_text("hello h2\n")
+    port = free_port()
+    proc = subprocess.Popen([nghttpd, "--no-tls", "-d", str(tmp_path), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        cap = capture(port)
+        out = subprocess.run(["timeout", "60", "h2load", "-n", "100", "-c", "1", "-m", "100",
+                              f"http://127.0.0.1:{port}/index.html"], capture_output=True, text=True, check=True).stdout
+        assert "100 succeeded" in out
+        served = cap.sink.wait_for(100, where=lambda e: e.connection.pid == proc.pid, timeout=30)
+        assert all(e.protocol == "http2" and e.response.status == 200 for e in served)
+        assert len({e.connection.sock_id for e in served}) == 1
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge",
+                        f"http://127.0.0.1:{port}/missing"], check=True, timeout=30)
+        cap.sink.wait_for(1, where=lambda e: e.connection.pid == proc.pid and e.response
+                          and e.response.status == 404, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        time.sleep(0)
