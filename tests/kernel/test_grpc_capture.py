@@ -115,3 +115,29 @@ def test_h2load_with_one_hundred_concurrent_streams_on_one_connection(capture, t
         proc.terminate()
         proc.wait(10)
         time.sleep(0)
+
+
+def test_ten_thousand_unary_calls_become_at_least_99_9_percent_spans_with_service_method_and_status(grpc_server):
+    proc, port = grpc_server
+    n = 10_000
+    with OtlpReceiver() as otlp:
+        cfg = ServiceConfig.from_dict({
+            "receivers": {"http": {"ports": [port]}},
+            "exporters": {"otlp": {"endpoint": otlp.grpc_endpoint}},
+            "service": {"pipelines": {"traces": {"receivers": ["http"], "exporters": ["otlp"]}}},
+        })
+        agent = Agent(cfg, environ={})
+        agent.start()
+        try:
+            _call(port, "unary", n)
+            try:
+                otlp.wait_for_spans(n, timeout=120, where=lambda s: s.kind == SPAN_KIND_SERVER)
+            except TimeoutError:
+                pass  # counted below
+        finally:
+            agent.shutdown()
+        spans = [s for s in otlp.spans() if s.kind == SPAN_KIND_SERVER]
+        right = [s for s in spans if s.name == "demo.Echo/Unary" and s.attributes.get("rpc.response.status_code") == "OK"
+                 and s.resource.get("process.pid") == proc.pid]
+        assert len(right) >= n * 0.999, (len(right), len(spans), agent.self_metrics.snapshot())
+        assert len(spans) <= n
