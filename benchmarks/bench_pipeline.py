@@ -40,8 +40,43 @@ from otel_ebpf.telemetry.pipeline import TelemetryPipeline  # noqa: E402
 from otel_ebpf.telemetry.spans import SpanBuilder  # noqa: E402
 
 
-def record(path: Path, requests: int) -> None:
-    nginx = Nginx()
+class Nghttpd:
+    """nghttpd (h2c, prior knowledge) on 127.0.0.1 serving a small page."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+
+        from otel_ebpf.testing.net import free_port, wait_listening
+
+        self.dir = Path(tempfile.mkdtemp(prefix="otel-ebpf-h2-"))
+        (self.dir / "index.html").write_text("hello over h2\n" * 8)
+        self.port = free_port()
+        self.proc = subprocess.Popen([shutil.which("nghttpd") or "/usr/sbin/nghttpd", "--no-tls", "-d", str(self.dir),
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/index.html"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def h2load_h2(url: str, *, requests: int, clients: int, rps_per_client: int) -> dict[str, float]:
+    import re
+    import subprocess
+
+    out = subprocess.run(["timeout", "300", "h2load", "-n", str(requests), "-c", str(clients), "-m", "10",
+                          "--rps", str(rps_per_client), url], capture_output=True, text=True, check=True).stdout
+    return {"succeeded": int(re.search(r"(\d+) succeeded", out).group(1))}
+
+
+def record(path: Path, requests: int, *, http2: bool = False) -> None:
+    nginx = Nghttpd() if http2 else Nginx()
+    generate = h2load_h2 if http2 else h2load_h1
     tracer = SockDataTracer(ports=[nginx.port])
     tracer.start()
     clock = MonotonicClock()
@@ -54,7 +89,7 @@ def record(path: Path, requests: int) -> None:
             result = {}
 
             def load():
-                result.update(h2load_h1(nginx.url, requests=requests, clients=10, rps_per_client=400))
+                result.update(generate(nginx.url, requests=requests, clients=10, rps_per_client=400))
                 done.set()
 
             threading.Thread(target=load, daemon=True).start()
@@ -148,6 +183,17 @@ def main() -> None:
         n, dt = replay(rec, codec, stitcher.consume, stitcher.request_started)
         best = dt if best is None else min(best, dt)
     print(f"receiver stage + stitching (request starts, parent choice): {n / best:,.0f} exchanges/s")
+
+    if not args.recording:  # HTTP/2 (h2c): h2load against nghttpd, 10 streams per connection
+        h2path = path.with_name("stream-h2.oebr")
+        record(h2path, args.requests, http2=True)
+        h2rec = Recording.open(h2path)
+        best = None
+        for _ in range(3):
+            n, dt = replay(h2rec, codec, lambda ex: None)
+            best = dt if best is None else min(best, dt)
+        print(f"HTTP/2 receiver stage (decode + connection table + frames + HPACK): {n / best:,.0f} exchanges/s "
+              f"({n:,} exchanges)")
 
 
 if __name__ == "__main__":
