@@ -220,6 +220,14 @@ class Agent:
             "http1.resyncs": "otel_ebpf.http1.resyncs",
             "http1.orphan_responses": "otel_ebpf.http1.orphan_responses",
             "http1.dropped_pending": "otel_ebpf.http1.dropped_pending",
+            "http2.frames": "otel_ebpf.http2.frames",
+            "http2.parse_errors": "otel_ebpf.http2.parse_errors",
+            "http2.non_http2_connections": "otel_ebpf.http2.non_http2_connections",
+            "http2.hpack_unknown_refs": "otel_ebpf.http2.hpack_unknown_refs",
+            "http2.hpack_gaps": "otel_ebpf.http2.hpack_gaps",
+            "http2.truncated_frames": "otel_ebpf.http2.truncated_frames",
+            "http2.dropped_streams": "otel_ebpf.http2.dropped_streams",
+            "http2.resets": "otel_ebpf.http2.resets",
             "consumer_errors": "otel_ebpf.receiver.consumer_errors",
         }
 

@@ -19,7 +19,8 @@ Usage::
   ``rpc.client.duration`` histograms in milliseconds. (``rpc.method`` keeps the new, fully qualified
   value: the two conventions use the same key.)
 - message counts and sizes under the project prefix: ``otel_ebpf.rpc.request.size`` /
-  ``otel_ebpf.rpc.response.size`` (bytes of DATA, gRPC framing included).
+  ``otel_ebpf.rpc.response.size`` (bytes of DATA, gRPC framing included) and
+  ``otel_ebpf.rpc.request.messages`` / ``otel_ebpf.rpc.response.messages`` (gRPC messages seen).
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def describe_rpc(exchange: Exchange, http):
     attrs["otel_ebpf.rpc.request.size"] = exchange.request.body_size
     if exchange.response is not None:
         attrs["otel_ebpf.rpc.response.size"] = exchange.response.body_size
+    sent, received = exchange.rpc_messages
+    if sent or received:  # length-prefixed gRPC messages seen in DATA frames (streaming calls have many)
+        attrs["otel_ebpf.rpc.request.messages"] = sent
+        attrs["otel_ebpf.rpc.response.messages"] = received
     error = status_name != "OK" and (not is_server or status_name in _SERVER_ERRORS)
     if error:
         attrs[ERROR_TYPE] = status_name

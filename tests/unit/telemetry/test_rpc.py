@@ -102,3 +102,9 @@ def test_rpc_durations_are_aggregated_in_seconds_and_the_old_ones_in_millisecond
     assert seconds.data.data_points[0].sum == pytest.approx(0.02)
     assert millis.data.data_points[0].sum == pytest.approx(20.0)
     assert millis.data.data_points[0].explicit_bounds[-1] == 10000.0
+
+
+def test_streaming_message_counts_are_kept_under_the_project_prefix():
+    ex = dataclasses.replace(grpc_exchange(), rpc_messages=(4, 1))
+    a = describe(ex).attributes
+    assert a["otel_ebpf.rpc.request.messages"] == 4 and a["otel_ebpf.rpc.response.messages"] == 1
