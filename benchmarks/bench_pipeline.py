@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Nginx, h2load_h1  # noqa: E402
+from common import Nghttpd, Nginx, h2load_h1, h2load_h2  # noqa: E402
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
@@ -38,40 +38,6 @@ from otel_ebpf.stream.conntable import ConnectionTable  # noqa: E402
 from otel_ebpf.telemetry.metrics import HttpMetricsAggregator  # noqa: E402
 from otel_ebpf.telemetry.pipeline import TelemetryPipeline  # noqa: E402
 from otel_ebpf.telemetry.spans import SpanBuilder  # noqa: E402
-
-
-class Nghttpd:
-    """nghttpd (h2c, prior knowledge) on 127.0.0.1 serving a small page."""
-
-    def __init__(self) -> None:
-        import shutil
-        import subprocess
-
-        from otel_ebpf.testing.net import free_port, wait_listening
-
-        self.dir = Path(tempfile.mkdtemp(prefix="otel-ebpf-h2-"))
-        (self.dir / "index.html").write_text("hello over h2\n" * 8)
-        self.port = free_port()
-        self.proc = subprocess.Popen([shutil.which("nghttpd") or "/usr/sbin/nghttpd", "--no-tls", "-d", str(self.dir),
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(self.port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/index.html"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def h2load_h2(url: str, *, requests: int, clients: int, rps_per_client: int) -> dict[str, float]:
-    import re
-    import subprocess
-
-    out = subprocess.run(["timeout", "300", "h2load", "-n", str(requests), "-c", str(clients), "-m", "10",
-                          "--rps", str(rps_per_client), url], capture_output=True, text=True, check=True).stdout
-    return {"succeeded": int(re.search(r"(\d+) succeeded", out).group(1))}
 
 
 def record(path: Path, requests: int, *, http2: bool = False) -> None:

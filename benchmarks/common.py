@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from otel_ebpf.records import Connection, Direction, Role
 from otel_ebpf.testing.net import free_port, wait_listening
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,3 +79,82 @@ def h2load_h1(url: str, *, requests: int, clients: int, rps_per_client: int) -> 
                           str(rps_per_client), url], capture_output=True, text=True, check=True).stdout
     ok = int(re.search(r"(\d+) succeeded", out).group(1))
     return {"succeeded": ok}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser benchmarks (bench_http1_parser.py, bench_http2_parser.py)
+# ---------------------------------------------------------------------------------------------
+
+FIXTURES_ROOT = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+BENCH_CONN = Connection(1, 3, 0, 4, "127.0.0.1", 8080, "127.0.0.1", 50000, Role.SERVER)
+SIDE = {"c": Direction.INGRESS, "s": Direction.EGRESS}
+
+
+def fixture_units(directory: Path, name: str) -> list[tuple[Direction, bytes]]:
+    """A recorded fixture (tests/fixtures/http*) as (direction, bytes) read/write units, server view."""
+    meta = json.loads((directory / f"{name}.json").read_text())
+    streams = {"c": (directory / f"{name}.request.bin").read_bytes(),
+               "s": (directory / f"{name}.response.bin").read_bytes()}
+    offsets = {"c": 0, "s": 0}
+    units: list[tuple[Direction, bytes]] = []
+    for side, size in meta["chunks"]:
+        units.append((SIDE[side], streams[side][offsets[side]:offsets[side] + size]))
+        offsets[side] += size
+    return units
+
+
+def bench_sessions(label: str, units: list[tuple[Direction, bytes]], seconds: float, new_session: Callable,
+                   stats, *, width: int, trials: int = 5) -> float:
+    """Exchanges per second of sessions made by ``new_session()`` (counting into ``stats``) fed
+    ``units``: best of ``trials`` runs of ``seconds / trials`` each (the best is the least disturbed)."""
+    rates = []
+    for _ in range(trials):
+        exchanges = 0
+        start = time.perf_counter()
+        deadline = start + seconds / trials
+        while time.perf_counter() < deadline:
+            for _ in range(10):
+                session = new_session()
+                ts = 0
+                for direction, data in units:
+                    ts += 1000
+                    exchanges += len(session.on_data(direction, data, ts, ts + 10, tid=7))
+                exchanges += len(session.on_close(ts + 1))
+        rates.append(exchanges / (time.perf_counter() - start))
+    rates.sort()
+    print(f"{label:<{width}} {rates[-1]:>10,.0f} exchanges/s  (median of {trials}: {rates[trials // 2]:,.0f})")
+    assert stats.parse_errors == 0 and stats.exchanges > 0, stats
+    return rates[-1]
+
+
+def print_interpreter_scale() -> None:
+    start = time.perf_counter()
+    for _ in range(10_000_000):
+        pass
+    print(f"(interpreter scale: 10M-iteration empty loop takes {time.perf_counter() - start:.3f} s)")
+
+
+class Nghttpd:
+    """nghttpd (h2c, prior knowledge) on 127.0.0.1 serving a small page."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="otel-ebpf-h2-"))
+        (self.dir / "index.html").write_text("hello over h2\n" * 8)
+        self.port = free_port()
+        self.proc = subprocess.Popen([shutil.which("nghttpd") or "/usr/sbin/nghttpd", "--no-tls", "-d", str(self.dir),
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/index.html"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def h2load_h2(url: str, *, requests: int, clients: int, rps_per_client: int) -> dict[str, float]:
+    out = subprocess.run(["timeout", "300", "h2load", "-n", str(requests), "-c", str(clients), "-m", "10",
+                          "--rps", str(rps_per_client), url], capture_output=True, text=True, check=True).stdout
+    return {"succeeded": int(re.search(r"(\d+) succeeded", out).group(1))}

@@ -42,16 +42,13 @@ compare with :data:`SPAN_KIND_SERVER` / :data:`SPAN_KIND_CLIENT` or ``kind_name`
 
 from __future__ import annotations
 
-import gzip
-import io
 import socket
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import grpc
@@ -65,6 +62,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from otel_ebpf.telemetry.jsonfile import decode_otlp_json, encode_otlp_json
+from otel_ebpf.testing._http import BadRequest as _BadRequest
+from otel_ebpf.testing._http import ReceiverHandler, decompress, serve, shut_down
 
 __all__ = [
     "SPAN_KIND_CLIENT",
@@ -443,17 +442,7 @@ class OtlpReceiver:
             self._state = "stopped"
             self._lock.notify_all()
         if self._http_server is not None:
-            self._http_server.shutdown()
-            with self._lock:
-                connections = list(self._http_connections)
-            for connection in connections:
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._http_server.server_close()
-            if self._http_thread is not None:
-                self._http_thread.join()
+            shut_down(self._http_server, self._http_thread, self._open_http_connections)
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=None).wait()
 
@@ -475,13 +464,11 @@ class OtlpReceiver:
             pass
 
         Handler.receiver = receiver
-        server = ThreadingHTTPServer((self._host, 0), Handler)
-        server.daemon_threads = True
-        self._http_server = server
-        self._http_thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="otlp-http", daemon=True
-        )
-        self._http_thread.start()
+        self._http_server, self._http_thread = serve(self._host, Handler, "otlp-http")
+
+    def _open_http_connections(self) -> list[socket.socket]:
+        with self._lock:
+            return list(self._http_connections)
 
     # -- addresses ----------------------------------------------------------
 
@@ -689,34 +676,16 @@ class _LogsServicer(_Servicer, logs_service_pb2_grpc.LogsServiceServicer):
 # HTTP
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _HttpHandler(BaseHTTPRequestHandler):
+class _HttpHandler(ReceiverHandler):
     """OTLP/HTTP: POST a signal path; protobuf or JSON; identity, gzip or deflate."""
 
     receiver: OtlpReceiver
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK exporters' sessions expect
     server_version = "otel-ebpf-OtlpReceiver"
+    max_body_bytes = _MAX_BODY_BYTES
 
-    def setup(self) -> None:
-        super().setup()
-        with self.receiver._lock:
-            self.receiver._http_connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.receiver._lock:
-            self.receiver._http_connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
-        pass
+    def _connection_registry(self) -> tuple[threading.Condition, set[socket.socket]]:
+        return self.receiver._lock, self.receiver._http_connections
 
     def do_POST(self) -> None:  # noqa: N802 - http.server name
         json_reply = False
@@ -747,52 +716,9 @@ class _HttpHandler(BaseHTTPRequestHandler):
         except _BadRequest as error:
             self._reply_status(error.status, _HTTP_TO_GRPC.get(error.status), str(error), json_reply)
 
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked()
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
-        if length > _MAX_BODY_BYTES:
-            self.close_connection = True
-            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
-        return self.rfile.read(length)
-
-    def _read_chunked(self) -> bytes:
-        parts, total = [], 0
-        while True:
-            size_line = self.rfile.readline(1024)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise _BadRequest(HTTPStatus.BAD_REQUEST, "bad chunk size") from None
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers, then the blank line
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > _MAX_BODY_BYTES:
-                self.close_connection = True
-                raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"chunked body over {_MAX_BODY_BYTES} bytes")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)  # CRLF after the chunk
-
     def _decompress(self, body: bytes) -> bytes:
         encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        try:
-            if encoding == "gzip":
-                return _bounded(gzip.GzipFile(fileobj=io.BytesIO(body)).read(_MAX_BODY_BYTES + 1))
-            if encoding == "deflate":
-                inflater = zlib.decompressobj()
-                return _bounded(inflater.decompress(body, _MAX_BODY_BYTES + 1))
-        except (OSError, EOFError, zlib.error) as error:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"bad {encoding} body: {error}") from None
-        if encoding not in ("identity", ""):
-            raise _BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Encoding {encoding!r}")
-        return body
+        return decompress(body, encoding, _MAX_BODY_BYTES, deflate=True)
 
     def _reply_status(
         self,
@@ -819,12 +745,6 @@ class _HttpHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(payload)
-
-
-def _bounded(data: bytes) -> bytes:
-    if len(data) > _MAX_BODY_BYTES:
-        raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"decompressed body over {_MAX_BODY_BYTES} bytes")
-    return data
 
 
 def _decode(signal: str, body: bytes, is_json: bool) -> Message:

@@ -26,16 +26,17 @@ Spans are kept in arrival order, until :meth:`ZipkinReceiver.clear`, as frozen
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Self
+
+from otel_ebpf.testing._http import BadRequest as _BadRequest
+from otel_ebpf.testing._http import ReceiverHandler, decompress, serve, shut_down
 
 __all__ = ["ZipkinReceiver", "ZipkinSpan"]
 
@@ -62,12 +63,6 @@ class ZipkinSpan:
     remote_service: str = ""  # remoteEndpoint.serviceName
     annotations: list[dict[str, Any]] = field(default_factory=list)  # timestamp, value
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the span's JSON object
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _span(obj: Any) -> ZipkinSpan:
@@ -99,15 +94,7 @@ def _span(obj: Any) -> ZipkinSpan:
 
 
 def _decode(body: bytes, encoding: str) -> list[ZipkinSpan]:
-    if encoding == "gzip":
-        try:
-            body = gzip.GzipFile(fileobj=io.BytesIO(body)).read(_MAX_BODY_BYTES + 1)
-        except (OSError, EOFError) as error:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"bad gzip body: {error}") from None
-        if len(body) > _MAX_BODY_BYTES:
-            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"decompressed body over {_MAX_BODY_BYTES} bytes")
-    elif encoding not in ("", "identity"):
-        raise _BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Encoding {encoding!r}")
+    body = decompress(body, encoding, _MAX_BODY_BYTES, deflate=False)
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
@@ -148,13 +135,7 @@ class ZipkinReceiver:
         class Handler(_Handler):
             receiver = self
 
-        server = ThreadingHTTPServer((self._host, 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="zipkin-http", daemon=True
-        )
-        self._thread.start()
+        self._server, self._thread = serve(self._host, Handler, "zipkin-http")
         return self
 
     def stop(self) -> None:
@@ -167,15 +148,7 @@ class ZipkinReceiver:
             connections = list(self._connections)
         if self._server is None:
             return
-        self._server.shutdown()
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        shut_down(self._server, self._thread, lambda: connections)
 
     # -- address ------------------------------------------------------------
 
@@ -245,26 +218,14 @@ class ZipkinReceiver:
             self._lock.notify_all()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReceiverHandler):
     receiver: ZipkinReceiver
     protocol_version = "HTTP/1.1"  # Envoy's collector cluster keeps its connection alive
     server_version = "otel-ebpf-ZipkinReceiver"
+    max_body_bytes = _MAX_BODY_BYTES
 
-    def setup(self) -> None:
-        super().setup()
-        with self.receiver._lock:
-            self.receiver._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.receiver._lock:
-            self.receiver._connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def _connection_registry(self) -> tuple[threading.Condition, set[socket.socket]]:
+        return self.receiver._lock, self.receiver._connections
 
     def do_POST(self) -> None:
         try:
@@ -279,39 +240,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.ACCEPTED, b"")
         except _BadRequest as error:
             self._reply(error.status, str(error).encode("utf-8"))
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():  # what Envoy's tracer sends
-            return self._read_chunked()
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
-        if length > _MAX_BODY_BYTES:
-            self.close_connection = True
-            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
-        return self.rfile.read(length)
-
-    def _read_chunked(self) -> bytes:
-        parts, total = [], 0
-        while True:
-            size_line = self.rfile.readline(1024)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise _BadRequest(HTTPStatus.BAD_REQUEST, "bad chunk size") from None
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers, then the blank line
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > _MAX_BODY_BYTES:
-                self.close_connection = True
-                raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"chunked body over {_MAX_BODY_BYTES} bytes")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)  # CRLF after the chunk
 
     def _reply(self, status: HTTPStatus, payload: bytes) -> None:
         head = (

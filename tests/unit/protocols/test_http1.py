@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import random
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
@@ -23,12 +20,21 @@ from otel_ebpf.protocols.http1 import (
     Resync,
     Skipped,
 )
-from otel_ebpf.records import Connection, Direction, Role
+from otel_ebpf.records import Direction, Role
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "http1"
-CLOSE_TS = 10**9
-CONN = Connection(pid=42, fd=7, sock_id=0xFFFF0000, family=4, local_address="127.0.0.1", local_port=8080,
-                  remote_address="127.0.0.1", remote_port=50000)
+from . import feeding
+from .feeding import (
+    CONN,
+    FIXTURES_ROOT,
+    Piece,
+    bytewise,
+    pieces,
+    random_splits,
+    run_session,
+    whole,
+)
+
+FIXTURES = FIXTURES_ROOT / "http1"
 
 # Fixtures that are HTTP/1 from the first byte, with the exchanges each must give (before close, after close).
 HTTP_FIXTURES = {
@@ -59,87 +65,13 @@ ECHOING_FIXTURES = ["keepalive_100", "methods", "big_bodies", "chunked", "expect
 
 
 def load(name: str) -> list[tuple[str, bytes]]:
-    """The fixture's chunks in capture order: ("c", client bytes) / ("s", server bytes)."""
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    streams = {"c": (FIXTURES / f"{name}.request.bin").read_bytes(),
-               "s": (FIXTURES / f"{name}.response.bin").read_bytes()}
-    offsets = {"c": 0, "s": 0}
-    chunks = []
-    for side, size in meta["chunks"]:
-        chunks.append((side, streams[side][offsets[side]:offsets[side] + size]))
-        offsets[side] += size
-    assert offsets == {side: len(data) for side, data in streams.items()}
-    return chunks
-
-
-@dataclass
-class Piece:
-    side: str
-    data: bytes
-    ts_first: int
-    ts_last: int
-    tid: int
-    missing: int = 0
-
-
-def whole(data: bytes, rng: random.Random) -> list[bytes]:
-    return [data]
-
-
-def bytewise(data: bytes, rng: random.Random) -> list[bytes]:
-    return [data[i:i + 1] for i in range(len(data))]
-
-
-def random_splits(data: bytes, rng: random.Random) -> list[bytes]:
-    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12)))) if len(data) > 1 else []
-    bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def pieces(chunks, split=whole, *, merge=True, max_capture=None, trailing=b"", seed=0) -> list[Piece]:
-    """Chunks as a receiver would feed them. ``merge``: consecutive chunks of one side form one unit
-    (one read/write), else each recorded chunk is a unit. Every piece of a unit carries the unit's
-    timestamps and tid, so any split of a unit must give the same exchanges as the whole unit.
-    ``max_capture`` truncates each unit like the kernel capture does. ``trailing`` is appended to the
-    last client unit."""
-    units: list[list] = []
-    for side, data in chunks:
-        if merge and units and units[-1][0] == side:
-            units[-1][1] += data
-        else:
-            units.append([side, data])
-    if trailing:
-        last_client = max(i for i, (side, _) in enumerate(units) if side == "c")
-        units[last_client][1] += trailing
-    rng = random.Random(seed)
-    out = []
-    for index, (side, data) in enumerate(units):
-        ts = 1000 * (index + 1)
-        if max_capture is not None and len(data) > max_capture:
-            out.append(Piece(side, data[:max_capture], ts, ts + 10, index + 1, len(data) - max_capture))
-            continue
-        out.extend(Piece(side, part, ts, ts + 10, index + 1) for part in split(data, rng))
-    return out
-
-
-def direction(side: str, view: str) -> Direction:
-    """``view`` "server": the watched process is the server (reads requests), "client": it sent them."""
-    if view == "server":
-        return Direction.INGRESS if side == "c" else Direction.EGRESS
-    return Direction.EGRESS if side == "c" else Direction.INGRESS
+    return feeding.load(name, FIXTURES)
 
 
 def run(feed, *, view="server", role=None, stats=None, close=True, **options):
     """Feeds ``feed`` to a fresh session; returns (exchanges before close, exchanges at close, session, stats)."""
-    if role is None:
-        role = Role.SERVER if view == "server" else Role.CLIENT
     stats = stats if stats is not None else Http1Stats()
-    session = Http1Session(replace(CONN, role=role), stats=stats, **options)
-    out = []
-    for p in feed:
-        out += session.on_data(direction(p.side, view), p.data, p.ts_first, p.ts_last, missing=p.missing, tid=p.tid)
-    at_close = session.on_close(CLOSE_TS) if close else []
-    return out, at_close, session, stats
+    return run_session(Http1Session, stats, feed, view=view, role=role, close=close, **options)
 
 
 def exchanges_of(name, **kwargs):
