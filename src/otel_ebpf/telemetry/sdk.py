@@ -46,7 +46,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
 )
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from otel_ebpf.processinfo import ProcessInfoCache
 from otel_ebpf.processors.redaction import RedactionProcessor
@@ -54,7 +54,7 @@ from otel_ebpf.processors.routes import RoutesProcessor
 from otel_ebpf.records import Exchange, Role
 from otel_ebpf.telemetry.metrics import DEFAULT_DURATION_BUCKETS, SelfMetrics
 from otel_ebpf.telemetry.pipeline import ExchangeProcessor
-from otel_ebpf.telemetry.spans import LINK_REASON, PARENT_SOURCE
+from otel_ebpf.telemetry.spans import PARENT_SOURCE, span_link
 from otel_ebpf.telemetry.semantics import (
     OTEL_EBPF_SERVICE_NAME,
     SCHEMA_URL,
@@ -142,15 +142,14 @@ class SdkTelemetry:
             # own spans (thread, request id, connection pairing) become links here.
             attributes[PARENT_SOURCE] = ident.parent_source.value
             flags = _SAMPLED if ident.sampled else _NOT_SAMPLED
-            links = [Link(SpanContext(lk.trace_id, lk.span_id, True, _SAMPLED), {LINK_REASON: lk.reason})
-                     for lk in ident.links]
+            links = [span_link(lk.trace_id, lk.span_id, lk.reason) for lk in ident.links]
             if ident.parent_span_id is not None and ident.remote_parent:
                 remote = SpanContext(ident.trace_id, ident.parent_span_id, is_remote=True, trace_flags=flags)
                 context = trace_api.set_span_in_context(NonRecordingSpan(remote), Context())
             else:
                 if ident.parent_span_id is not None:
-                    links.append(Link(SpanContext(ident.trace_id, ident.parent_span_id, True, flags),
-                                      {LINK_REASON: f"parent-{ident.parent_source.value}"}))
+                    links.append(span_link(ident.trace_id, ident.parent_span_id,
+                                           f"parent-{ident.parent_source.value}", sampled=ident.sampled))
                 context = Context()
         elif parent is not None:
             remote = SpanContext(

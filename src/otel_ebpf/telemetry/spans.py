@@ -122,6 +122,11 @@ def agent_resource(
     return _HashedResource(attrs, SCHEMA_URL)
 
 
+def span_link(trace_id: int, span_id: int, reason: str, *, sampled: bool = True) -> Link:
+    """A link to another span (of another process, or one this agent made), with ``otel_ebpf.link.reason``."""
+    return Link(SpanContext(trace_id, span_id, True, _SAMPLED if sampled else _NOT_SAMPLED), {LINK_REASON: reason})
+
+
 class SpanBuilder:
     """Exchange → ReadableSpan (see the module docstring). Thread-safe."""
 
@@ -222,8 +227,7 @@ class SpanBuilder:
             context = SpanContext(ident.trace_id, ident.span_id, False, flags, trace_state)
             attributes = {**attributes, PARENT_SOURCE: ident.parent_source.value}
             if ident.links:
-                links = tuple(Link(SpanContext(lk.trace_id, lk.span_id, True, _SAMPLED), {LINK_REASON: lk.reason})
-                              for lk in ident.links)
+                links = tuple(span_link(lk.trace_id, lk.span_id, lk.reason) for lk in ident.links)
         else:
             parent = sem.parent
             if parent is not None:

@@ -14,7 +14,11 @@ from .harness import Mesh, require_envoy
 
 
 def _agent(mesh: Mesh, otlp: OtlpReceiver) -> Agent:
-    ports = [p for name, p in mesh.ports.items() if name != "collector"]
+    return _stitching_agent([p for name, p in mesh.ports.items() if name != "collector"], otlp)
+
+
+def _stitching_agent(ports: list[int], otlp: OtlpReceiver) -> Agent:
+    """An in-process agent capturing ``ports``, stitching, exporting to ``otlp`` over gRPC; started."""
     cfg = ServiceConfig.from_dict({
         "receivers": {"http": {"ports": ports, "poll_interval_ms": 20}},
         "processors": {"stitching": {}},
@@ -245,15 +249,7 @@ def test_without_a_sidecar_the_server_span_is_the_child_of_the_client_span_on_th
     server = start_python_server("threading_server.py")
     try:
         with OtlpReceiver() as otlp:
-            cfg = ServiceConfig.from_dict({
-                "receivers": {"http": {"ports": [server.port], "poll_interval_ms": 20}},
-                "processors": {"stitching": {}},
-                "exporters": {"otlp": {"endpoint": otlp.grpc_endpoint}},
-                "service": {"pipelines": {"traces": {"receivers": ["http"], "processors": ["stitching"],
-                                                     "exporters": ["otlp"]}}},
-            })
-            agent = Agent(cfg, environ={})
-            agent.start()
+            agent = _stitching_agent([server.port], otlp)
             try:
                 for i in range(5):
                     subprocess.run(["curl", "-s", "-o", "/dev/null", server.url(f"/ok?pair={i}")], check=True,

@@ -25,17 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FORWARDED = (
-    "traceparent",
-    "tracestate",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "b3",
-    "x-request-id",
-)
+from mesh_headers import FORWARDED  # the apps run as scripts from this folder
 
 args = None
 record_lock = threading.Lock()
