@@ -6,7 +6,7 @@ CLANG ?= clang
 ARCH := x86
 TRACERS := $(notdir $(patsubst %/,%,$(dir $(wildcard bpf/*/*.bpf.c))))
 BPF_OBJ := $(foreach t,$(TRACERS),src/otel_ebpf/bpf/objects/$(t).bpf.o)
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make curl wrk nghttp2-client nghttp2-server nginx-light
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make curl wrk nghttp2-client nghttp2-server nginx-light dnsmasq-base iptables iproute2 bind9-dnsutils
 
 .PHONY: setup run test bench bpf clean vmlinux system-deps venv tracefs
 
@@ -33,7 +33,7 @@ bpf: $(BPF_OBJ)
 .SECONDEXPANSION:
 src/otel_ebpf/bpf/objects/%.bpf.o: bpf/$$*/$$*.bpf.c bpf/$$*/$$*.h bpf/include/sizing.h bpf/include/vmlinux.h
 	@mkdir -p $(dir $@)
-	$(CLANG) -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wno-gnu-variable-sized-type-not-at-end -Ibpf/include -c $< -o $@
+	$(CLANG) -O2 -g -Wall -Werror=uninitialized -Werror=sometimes-uninitialized -target bpf -D__TARGET_ARCH_$(ARCH) -Wno-gnu-variable-sized-type-not-at-end -Ibpf/include -c $< -o $@
 	llvm-strip -g --keep-section=.BTF --keep-section=.BTF.ext $@ 2>/dev/null || true
 
 # Regenerate the pinned vmlinux.h from this machine's BTF (not part of setup).

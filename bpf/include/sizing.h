@@ -25,6 +25,12 @@
 /* The agent's own connections (to ignore the far end of them). */
 #define MAX_SELF_CONNS 8192
 
+/* Steps of the HTTP/2 frame walk per syscall (bpf_loop iterations: one per
+ * frame header, iovec entry crossed or forwarded piece). 4096 cover a 32 MiB
+ * write of 16 KiB frames; past that the connection's frame state is dropped
+ * and picked up again at the next frame-aligned syscall. */
+#define MAX_H2_STEPS 4096
+
 /* Entries of the pid and port filter maps. */
 #define MAX_FILTER_PIDS 1024
 #define MAX_FILTER_PORTS 1024

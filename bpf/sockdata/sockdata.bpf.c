@@ -103,6 +103,29 @@ struct {
 	__type(value, __u8);
 } self_conns SEC(".maps");
 
+/* HTTP/2 framing of one direction of a connection, carried from one syscall
+ * to the next (see h2_walk). */
+struct h2_key {
+	__u64 sock_id;
+	__u32 direction;
+	__u32 _pad;
+};
+
+struct h2_state {
+	__u32 skip; /* bytes of the current frame still to come */
+	__u8 keep;  /* the current frame is not DATA: its bytes are forwarded */
+	__u8 have;  /* bytes of a split frame header already seen (in hdr) */
+	__u8 hdr[9];
+	__u8 _pad[1];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_TRACKED_SOCKS);
+	__type(key, struct h2_key);
+	__type(value, struct h2_state);
+} h2_frames SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -134,9 +157,39 @@ struct {
 /* Scratch space to build a variable-size data record: header + up to
  * 2 * MAX_CAPTURE_BYTES so that `offset < MAX` plus `size < MAX` always fits,
  * which is the bound the verifier can check for the iovec copy loop. */
+struct h2_walk_ctx {
+	__u64 buf;      /* plain buffer, or iovec array when vlen > 0 */
+	__u32 vlen;
+	__u32 len;      /* payload bytes moved by the syscall */
+	__u32 captured; /* head bytes in s->buf */
+	__u32 off;      /* payload offset of the next frame header */
+	__u32 ext;      /* next free byte of s->buf for segments */
+	__u32 seg_pos;  /* s->buf position of the open segment's header (0: none) */
+	__u32 seg_end;  /* payload offset where the open segment ends */
+	__u32 copy_a;   /* payload [copy_a, copy_b) is being copied into the open segment */
+	__u32 copy_b;
+	__u32 frames;
+	__u8 strict;    /* not known as HTTP/2 yet: only known frame types */
+	__u8 failed;
+	/* iovec cursor: entry iov_idx spans payload [iov_start, iov_start + iov_len) */
+	__u32 iov_idx;
+	__u32 iov_start;
+	__u32 iov_len;
+	__u64 iov_base;
+	/* framing at the end of the payload, carried to the next syscall */
+	__u32 skip;
+	__u8 keep;
+	__u8 have;
+	__u8 hdr[9];
+};
+
 struct data_scratch {
 	struct sock_data_event hdr;
 	__u8 buf[2 * MAX_CAPTURE_BYTES];
+	/* The HTTP/2 frame walk's state (see h2_walk). In map memory, not on the
+	 * stack: the verifier then does not track its values from one bpf_loop
+	 * iteration to the next, and checks the callback once. */
+	struct h2_walk_ctx walk;
 };
 
 /* One slot per CPU, indexed by the current CPU: a per-CPU array cannot hold
@@ -152,6 +205,7 @@ struct {
 /* Force BTF emission of the records decoded by user space. */
 const struct sock_data_event *_unused_sock_data_event __attribute__((unused));
 const struct conn_event *_unused_conn_event __attribute__((unused));
+const struct data_segment *_unused_data_segment __attribute__((unused));
 const enum event_type *_unused_event_type __attribute__((unused));
 const enum stat_index *_unused_stat_index __attribute__((unused));
 const enum syscall_id *_unused_syscall_id __attribute__((unused));
@@ -167,6 +221,13 @@ const enum conn_role *_unused_conn_role __attribute__((unused));
 static __always_inline __u64 verifier_bound(__u64 v)
 {
 	asm volatile("%[v] &= %[m]" : [v] "+r"(v) : [m] "i"(2 * MAX_CAPTURE_BYTES - 1));
+	return v;
+}
+
+/* The same for sizes up to 15 bytes (a frame header). */
+static __always_inline __u64 small_bound(__u64 v)
+{
+	asm volatile("%[v] &= 15" : [v] "+r"(v));
 	return v;
 }
 
@@ -398,6 +459,7 @@ static __always_inline void fill_header(struct sock_data_event *h, const struct 
 	h->direction = call->direction;
 	h->role = call->role;
 	h->syscall = call->syscall;
+	h->ext_offset = 0;
 	h->tuple = call->tuple;
 }
 
@@ -461,6 +523,334 @@ __noinline int copy_iov(__u64 iov_ptr, __u32 vlen, __u64 len)
 	return copied;
 }
 
+/* ---- HTTP/2 frames past the capture ----
+ *
+ * A gRPC server often writes a large message and its trailers in one syscall;
+ * with only the head of the payload captured, grpc-status (in the trailing
+ * HEADERS frame) would be lost, and so would the frame boundaries user space
+ * needs to go on parsing. So for connections that carry HTTP/2 frames, the
+ * kernel walks the frame headers of every data syscall (reading only 9 bytes
+ * per frame) and, when the payload is longer than the capture, appends
+ * "segments" to the record: every frame header and the whole of every non-DATA
+ * frame past the head, at their offsets. User space then sees every frame and
+ * skips DATA payloads by length, exactly as if all was captured.
+ *
+ * Frame positions carry over between syscalls (h2_frames): a read may end in
+ * the middle of a frame or even of its 9-byte header. A connection is taken
+ * as HTTP/2 when a syscall's payload is an exact chain of frames of known
+ * types; the state is dropped when a chain breaks. A wrong guess costs nothing
+ * but a few forwarded bytes: segments are placed at their true offsets, so
+ * user space never misreads them. */
+
+#define H2_HDR_LEN 9
+#define H2_DATA 0
+#define H2_LAST_KNOWN_TYPE 9 /* CONTINUATION */
+#define SEG_MASK (MAX_CAPTURE_BYTES - 1)
+
+
+/* Advance the iovec cursor by one entry; 0 on success. One entry per call, no
+ * loop: the callers run inside bpf_loop, and nested loops there make the
+ * verifier explore every combination of iterations. */
+static __always_inline int iov_step(struct data_scratch *s, struct h2_walk_ctx *w)
+{
+	struct iovec iov;
+
+	if (w->iov_idx + 1 >= w->vlen)
+		return -1;
+	w->iov_start += w->iov_len;
+	w->iov_idx++;
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(w->buf + (__u64)(w->iov_idx & 0xffff) * sizeof(iov))))
+		return -1;
+	w->iov_base = (__u64)iov.iov_base;
+	w->iov_len = iov.iov_len;
+	return 0;
+}
+
+/* User address of payload offset p (at or past the cursor), and in *room the
+ * bytes contiguous from it; 0 when p lies in a later iovec. */
+static __always_inline __u64 user_addr(struct h2_walk_ctx *w, __u32 p, __u32 *room)
+{
+	if (!w->vlen) {
+		*room = w->len - p;
+		return w->buf + p;
+	}
+	if (p < w->iov_start || p >= w->iov_start + w->iov_len)
+		return 0;
+	*room = w->iov_start + w->iov_len - p;
+	return w->iov_base + (p - w->iov_start);
+}
+
+/* Frame header bytes are gathered here, in map memory (variable offsets are
+ * fine there, not on the stack); segments never reach this far. */
+#define HDR_TMP (2 * MAX_CAPTURE_BYTES - 64)
+
+/* n <= 9 payload bytes from offset p into s->buf[HDR_TMP + at ...]: from the
+ * head where captured, then from user memory (at most three iovecs). */
+static __always_inline int read_payload(struct data_scratch *s, struct h2_walk_ctx *w, __u32 p, __u32 n, __u32 at)
+{
+	__u8 *buf = s->buf;
+	__u32 k = 0, room, take;
+	__u64 addr;
+
+	if (n > H2_HDR_LEN || at > H2_HDR_LEN)
+		return -1;
+	for (int i = 0; i < H2_HDR_LEN; i++) {
+		if (k >= n || p + k >= w->captured)
+			break;
+		buf[HDR_TMP + ((at + k) & 31)] = buf[(p + k) & SEG_MASK];
+		k++;
+	}
+	for (int i = 0; i < 3; i++) {
+		if (k >= n)
+			return 0;
+		addr = user_addr(w, p + k, &room);
+		if (!addr) {
+			if (iov_step(s, w))
+				return -1;
+			continue;
+		}
+		take = n - k < room ? n - k : room;
+		if (bpf_probe_read_user(&buf[HDR_TMP + ((at + k) & 31)], small_bound(take),
+					(void *)addr))
+			return -1;
+		k += take;
+	}
+	return k >= n ? 0 : -1;
+}
+
+/* Length and type of the frame header gathered at HDR_TMP. */
+static __always_inline __u32 tmp_len(struct data_scratch *s)
+{
+	__u8 *h = &s->buf[HDR_TMP];
+
+	return ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
+}
+
+/* Start appending payload [a, b) to the record's segments (the part inside
+ * the head is already there); h2_step copies it. Contiguous ranges share one
+ * segment. */
+static __always_inline void forward(struct data_scratch *s, struct h2_walk_ctx *w, __u32 a, __u32 b)
+{
+	struct data_segment *seg;
+
+	if (a < w->captured)
+		a = w->captured;
+	if (b <= a)
+		return;
+	if (w->seg_pos && w->seg_end == a) {
+		if (w->ext + (b - a) > MAX_CAPTURE_BYTES - 1)
+			return; /* no room: the record ends here; user space resyncs later */
+	} else {
+		if (w->ext + sizeof(*seg) + (b - a) > MAX_CAPTURE_BYTES - 1)
+			return;
+		w->seg_pos = w->ext;
+		seg = (struct data_segment *)&s->buf[w->ext & SEG_MASK];
+		seg->offset = a;
+		seg->size = 0;
+		w->ext += sizeof(*seg);
+	}
+	w->copy_a = a;
+	w->copy_b = b;
+	w->seg_end = b;
+}
+
+/* One piece of a pending copy: the part of [copy_a, copy_b) in one iovec. */
+static __always_inline int copy_piece(struct data_scratch *s, struct h2_walk_ctx *w)
+{
+	struct data_segment *seg;
+	__u32 room, n;
+	__u64 addr = user_addr(w, w->copy_a, &room);
+
+	if (!addr)
+		return iov_step(s, w);
+	n = w->copy_b - w->copy_a;
+	if (n > room)
+		n = room;
+	/* ext < MAX_CAPTURE_BYTES and n < MAX_CAPTURE_BYTES: inside buf. */
+	if (bpf_probe_read_user(&s->buf[w->ext & SEG_MASK], n & SEG_MASK, (void *)addr))
+		return -1;
+	w->ext += n;
+	w->copy_a += n;
+	seg = (struct data_segment *)&s->buf[w->seg_pos & SEG_MASK];
+	seg->size += n;
+	return 0;
+}
+
+/* bpf_loop callback: one step of the walk — a piece of a pending copy, a move
+ * of the iovec cursor, or one frame header at w->off. Returns 1 to stop. */
+static long h2_step(__u32 i, void *arg)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
+	struct h2_walk_ctx *w;
+	__u32 off, plen, hend, room;
+	__u64 end;
+	__u8 type;
+
+	if (!s)
+		return 1;
+	w = &s->walk;
+	off = w->off;
+	if (w->copy_a < w->copy_b) {
+		if (copy_piece(s, w))
+			w->failed = 1;
+		return w->failed ? 1 : 0;
+	}
+	if (off >= w->len)
+		return 1;
+	if (w->vlen && off >= w->captured && !user_addr(w, off, &room)) {
+		if (iov_step(s, w))
+			w->failed = 1;
+		return w->failed ? 1 : 0;
+	}
+	if (w->len - off < H2_HDR_LEN) { /* the header goes on in the next syscall */
+		w->have = w->len - off;
+		if (read_payload(s, w, off, w->have, 0))
+			w->failed = 1;
+		else
+			__builtin_memcpy(w->hdr, &s->buf[HDR_TMP], H2_HDR_LEN);
+		forward(s, w, off, w->len);
+		w->off = w->len;
+		return w->failed ? 1 : 0;
+	}
+	if (read_payload(s, w, off, H2_HDR_LEN, 0)) {
+		w->failed = 1;
+		return 1;
+	}
+	plen = tmp_len(s);
+	type = s->buf[HDR_TMP + 3];
+	if (w->strict && type > H2_LAST_KNOWN_TYPE) {
+		w->failed = 1;
+		return 1;
+	}
+	hend = off + H2_HDR_LEN;
+	end = (__u64)hend + plen;
+	forward(s, w, off, type == H2_DATA ? hend : (end < w->len ? (__u32)end : w->len));
+	w->frames++;
+	if (end > w->len) {
+		w->skip = end - w->len;
+		w->keep = type != H2_DATA;
+		w->off = w->len;
+	} else {
+		w->off = end;
+	}
+	return 0;
+}
+
+/* Walk the HTTP/2 frames of a data syscall's payload (see above); returns the
+ * bytes now in the scratch record: `captured`, plus any segments. A global
+ * function, verified once. */
+__noinline int h2_walk(__u64 sock_id, __u64 buf, __u32 vlen_dir, __u32 len, __u32 captured)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u32 vlen = vlen_dir & 0xffff; /* five arguments at most: iovec count | direction << 16 */
+	struct h2_key key = {.sock_id = sock_id, .direction = vlen_dir >> 16};
+	struct data_scratch *s;
+	struct h2_walk_ctx *w;
+	struct h2_state *st, next = {};
+	struct iovec iov;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
+		return captured;
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s || captured > MAX_CAPTURE_BYTES - 1 || !len)
+		return captured;
+	w = &s->walk;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->buf = buf;
+	w->vlen = vlen;
+	w->len = len;
+	w->captured = captured;
+	w->ext = captured;
+	if (vlen) {
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)buf))
+			return captured;
+		w->iov_base = (__u64)iov.iov_base;
+		w->iov_len = iov.iov_len;
+	}
+	st = bpf_map_lookup_elem(&h2_frames, &key);
+	if (!st) {
+		w->strict = 1;
+	} else {
+		__u32 off = 0, skip = st->skip;
+		__u8 keep = st->keep;
+
+		if (st->have) { /* complete the split header */
+			__u32 have = st->have, need = H2_HDR_LEN - have;
+
+			if (have >= H2_HDR_LEN || len < need) {
+				bpf_map_delete_elem(&h2_frames, &key); /* rare: drop and resync */
+				return captured;
+			}
+			__builtin_memcpy(&s->buf[HDR_TMP], st->hdr, H2_HDR_LEN);
+			if (read_payload(s, w, 0, need, have)) {
+				bpf_map_delete_elem(&h2_frames, &key);
+				return captured;
+			}
+			skip = tmp_len(s);
+			keep = s->buf[HDR_TMP + 3] != H2_DATA;
+			off = need;
+		}
+		if (skip) {
+			__u32 k = skip < len - off ? skip : len - off;
+
+			off += k;
+			w->skip = skip - k;
+			w->keep = keep;
+		}
+		/* the split header's tail and the rest of a kept frame are forwarded */
+		forward(s, w, 0, keep ? off : (st->have ? H2_HDR_LEN - st->have : 0));
+		w->off = off;
+	}
+	if (!w->failed && (w->off < len || w->copy_a < w->copy_b)) {
+		if (w->off < len) {
+			w->skip = 0;
+			w->keep = 0;
+		}
+		bpf_loop(MAX_H2_STEPS, h2_step, NULL, 0);
+	}
+	if (!w->failed && (w->off < len || w->copy_a < w->copy_b))
+		w->failed = 1; /* more steps than MAX_H2_STEPS */
+	if (w->strict && (w->failed || w->skip || w->have || !w->frames))
+		return captured; /* not (yet) known as HTTP/2: nothing forwarded */
+	if (w->failed) {
+		bpf_map_delete_elem(&h2_frames, &key);
+		return captured;
+	}
+	next.skip = w->skip;
+	next.keep = w->keep;
+	next.have = w->have;
+	__builtin_memcpy(next.hdr, w->hdr, H2_HDR_LEN);
+	bpf_map_update_elem(&h2_frames, &key, &next, BPF_ANY);
+	return w->ext;
+}
+
+static __always_inline void forget_frames(__u64 sock_id)
+{
+	struct h2_key key = {.sock_id = sock_id, .direction = DIR_EGRESS};
+
+	bpf_map_delete_elem(&h2_frames, &key);
+	key.direction = DIR_INGRESS;
+	bpf_map_delete_elem(&h2_frames, &key);
+}
+
+/* The head as captured, plus HTTP/2 segments when the payload is longer. */
+static __always_inline __u32 with_frames(struct data_scratch *s, const struct active_call *call, __u32 captured,
+					 __u64 len, int iov)
+{
+	__u32 total;
+
+	if (len > 0xffffffffULL)
+		return captured;
+	total = h2_walk(call->sock_id, call->buf, (iov ? call->vlen & 0xffff : 0) | ((__u32)call->direction << 16), len,
+			captured);
+	if (total > captured) {
+		s->hdr.ext_offset = captured;
+		stat_add(STAT_H2_FORWARDED, 1);
+	}
+	return total;
+}
+
 static __always_inline int exit_data(long ret, __u8 syscall, __u8 kind, __u8 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -495,9 +885,11 @@ static __always_inline int exit_data(long ret, __u8 syscall, __u8 kind, __u8 dir
 			n = 0; /* bytes come from a file, not a user buffer */
 		else if (bpf_probe_read_user(s->buf, n & (2 * MAX_CAPTURE_BYTES - 1), (void *)call->buf))
 			n = 0;
+		else
+			n = with_frames(s, call, n, ret, 0);
 		submit(s, n, ret);
 	} else if (kind == BUF_IOV) {
-		submit(s, copy_iov(call->buf, call->vlen, ret), ret);
+		submit(s, with_frames(s, call, copy_iov(call->buf, call->vlen, ret), ret, 1), ret);
 	} else {
 		/* recvmmsg/sendmmsg: ret is the number of messages. */
 		for (int m = 0; m < MAX_MMSG; m++) {
@@ -719,10 +1111,11 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	sk = fd_to_tcp_sock(fd);
 	if (!sk)
 		return 0;
+	sock_id = (__u64)sk;
+	forget_frames(sock_id);
 	read_tuple(sk, &t);
 	if (is_far_end_of_self(&t) || !ports_allowed(&t))
 		return 0;
-	sock_id = (__u64)sk;
 	emit_conn(EVENT_CONN_CLOSE, fd, sk, lookup_role(sock_id));
 	return 0;
 }

@@ -38,7 +38,8 @@ enum stat_index {
 	STAT_ACTIVE_FULL = 2,    /* in-flight call table full: call not traced */
 	STAT_TRUNCATED = 3,      /* data events whose payload exceeded the capture */
 	STAT_SELF_SKIPPED = 4,   /* calls of the agent itself or of the far end of its sockets */
-	STAT_MAX = 5,
+	STAT_H2_FORWARDED = 5,   /* truncated data events that carry HTTP/2 frames past the capture */
+	STAT_MAX = 6,
 };
 
 /* Addresses in network byte order; IPv4 in the first 4 bytes of saddr/daddr. */
@@ -64,9 +65,21 @@ struct sock_data_event {
 	__u8 direction;
 	__u8 role;
 	__u8 syscall;
-	__u8 _pad[5];
+	__u8 _pad;
+	/* 0: `data` is the payload's first `captured` bytes. Otherwise the first
+	 * `ext_offset` bytes of `data` are the payload's head and data segments
+	 * (struct data_segment + bytes) follow, up to `captured`: parts of the
+	 * payload past the head, at their offsets in it (HTTP/2 frame headers and
+	 * non-DATA frames of a truncated syscall, see h2_walk). */
+	__u32 ext_offset;
 	struct conn_tuple tuple;
 	__u8 data[]; /* `captured` bytes */
+};
+
+/* One part of a syscall's payload past the captured head; `size` bytes follow. */
+struct data_segment {
+	__u32 offset; /* in the syscall's payload */
+	__u32 size;
 };
 
 struct conn_event {

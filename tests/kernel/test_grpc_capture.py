@@ -58,6 +58,28 @@ def test_the_four_rpc_shapes_errors_and_deadlines_become_grpc_exchanges(grpc_ser
     assert all(e.end_ns - e.start_ns < 1.5e9 for e in slow)  # ended by the client's RST_STREAM, not the reply
 
 
+def test_grpc_status_after_a_large_message_in_the_same_write_is_kept(grpc_server, capture):
+    """300 KB responses: the last write holds DATA frames far past the 4 KiB capture and then the
+    trailers; the kernel forwards the frame headers and the trailers' HEADERS frame."""
+    proc, port = grpc_server
+    cap = capture(port)
+    _call(port, "big", 10)
+    _call(port, "big_fail", 5)
+    served = cap.sink.wait_for(15, where=lambda e: e.connection.pid == proc.pid and e.connection.role == Role.SERVER,
+                               timeout=30)
+    clients = cap.sink.wait_for(15, where=lambda e: e.connection.role == Role.CLIENT
+                                and e.connection.remote_port == port, timeout=30)
+    for side in (served, clients):
+        big = [e for e in side if e.request.target == "/demo.Echo/Big"]
+        fail = [e for e in side if e.request.target == "/demo.Echo/BigFail"]
+        assert len(big) == 10 and len(fail) == 5
+        assert [_status(e) for e in big] == ["0"] * 10
+        assert [_status(e) for e in fail] == ["5"] * 5
+        assert all(e.response.body_size >= 300 * 1024 for e in big)
+    stats = cap.receiver.stats()
+    assert stats["kernel.h2_forwarded"] > 0 and stats["kernel.bad_segments"] == 0
+
+
 def test_grpc_spans_and_rpc_metrics_over_otlp(grpc_server):
     proc, port = grpc_server
     with OtlpReceiver() as otlp:

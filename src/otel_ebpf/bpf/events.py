@@ -57,6 +57,7 @@ class Stat(enum.IntEnum):
     ACTIVE_FULL = 2
     TRUNCATED = 3
     SELF_SKIPPED = 4
+    H2_FORWARDED = 5
 
 
 @dataclass(slots=True)
@@ -77,10 +78,30 @@ class SockDataEvent:
     remote_address: str
     remote_port: int
     data: bytes  # the captured prefix
+    # Parts of the payload past the prefix, as (offset, bytes) in increasing order: HTTP/2 frame
+    # headers and non-DATA frames the kernel forwarded from an oversized syscall (see h2_walk).
+    segments: tuple[tuple[int, bytes], ...] = ()
 
     @property
     def missing(self) -> int:
+        """Uncaptured bytes right after ``data`` (up to the first segment, else to the end)."""
+        if self.segments:
+            return self.segments[0][0] - len(self.data)
         return self.length - len(self.data)
+
+    def pieces(self) -> list[tuple[bytes, int]]:
+        """The payload as (captured bytes, uncaptured bytes after them) pieces, in order."""
+        if not self.segments:
+            return [(self.data, self.length - len(self.data))]
+        out = []
+        data = self.data
+        end = len(data)
+        for offset, chunk in self.segments:
+            out.append((data, offset - end))
+            data = chunk
+            end = offset + len(chunk)
+        out.append((data, self.length - end))
+        return out
 
 
 @dataclass(slots=True)
@@ -102,7 +123,7 @@ class ConnEvent:
 
 _DATA_FIELDS = [
     "type", "tgid", "tid", "fd", "ts_enter", "ts_exit", "sock_id", "len", "captured", "direction", "role",
-    "syscall", "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+    "syscall", "ext_offset", "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
 ]
 _CONN_FIELDS = [
     "type", "tgid", "tid", "fd", "ts", "sock_id", "role",
@@ -148,19 +169,26 @@ class SockDataCodec:
         self._data = info.btf.decoder("sock_data_event", _DATA_FIELDS)
         self._data_size = info.btf.struct_size("sock_data_event")
         self._conn = info.btf.decoder("conn_event", _CONN_FIELDS)
+        self._segment = info.btf.decoder("data_segment", ["offset", "size"])
+        self._segment_size = info.btf.struct_size("data_segment")
         self.decode_errors = 0
+        self.bad_segments = 0
 
     def decode(self, rec: bytes) -> SockDataEvent | ConnEvent | None:
         try:
             kind = rec[0]
             if kind == EventType.SOCK_DATA:
                 (_t, tgid, tid, fd, ts_enter, ts_exit, sock_id, length, captured, direction, role, syscall,
-                 saddr, daddr, sport, dport, family) = self._data.unpack_from(rec, 0)
+                 ext_offset, saddr, daddr, sport, dport, family) = self._data.unpack_from(rec, 0)
                 start = self._data_size
+                segments = ()
+                if ext_offset:
+                    segments = self._segments(rec, start + ext_offset, start + captured, ext_offset, length)
+                    captured = ext_offset
                 return SockDataEvent(
                     tgid, tid, fd, ts_enter, ts_exit, sock_id, length, Direction(direction), Role(role),
                     Syscall(syscall), 4 if family == socket.AF_INET else 6, _addr(family, saddr), sport,
-                    _addr(family, daddr), dport, rec[start : start + captured],
+                    _addr(family, daddr), dport, rec[start : start + captured], segments,
                 )
             if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
                 (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family,
@@ -174,3 +202,21 @@ class SockDataCodec:
             pass
         self.decode_errors += 1
         return None
+
+    def _segments(self, rec: bytes, pos: int, end: int, head: int, length: int) -> tuple[tuple[int, bytes], ...]:
+        """Segments in rec[pos:end]; those that break the order or the payload's bounds (never
+        written so by the kernel) end the list: the rest of the payload then counts as uncaptured."""
+        out = []
+        unpack = self._segment.unpack_from
+        size = self._segment_size
+        covered = head
+        while pos + size <= end:
+            offset, n = unpack(rec, pos)
+            pos += size
+            if offset < covered or offset + n > length or pos + n > end:
+                self.bad_segments += 1
+                break
+            out.append((offset, rec[pos:pos + n]))
+            pos += n
+            covered = offset + n
+        return tuple(out)

@@ -137,6 +137,7 @@ class SockDataTracer:
             out = {s.name.lower(): values[s.value] for s in Stat}
         if self._codec is not None:
             out["decode_errors"] = self._codec.decode_errors
+            out["bad_segments"] = self._codec.bad_segments
         if self._reader is not None:
             out["ring_records"] = self._reader.records
         return out

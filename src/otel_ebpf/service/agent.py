@@ -210,6 +210,8 @@ class Agent:
             "kernel.active_full": "otel_ebpf.kernel.calls_untraced",
             "kernel.truncated": "otel_ebpf.kernel.payloads_truncated",
             "kernel.decode_errors": "otel_ebpf.ringbuf.decode_errors",
+            "kernel.h2_forwarded": "otel_ebpf.kernel.http2_frames_forwarded",
+            "kernel.bad_segments": "otel_ebpf.ringbuf.bad_segments",
             "table.evicted": "otel_ebpf.connections.evicted",
             "table.expired": "otel_ebpf.connections.expired",
             "table.connections_opened": "otel_ebpf.connections.opened",

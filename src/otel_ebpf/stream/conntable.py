@@ -184,8 +184,13 @@ class ConnectionTable:
             to_wall = self._clock.to_wall
             ts_last = to_wall(event.ts_exit)
             ts_first = to_wall(event.ts_enter) if event.direction == Direction.EGRESS else ts_last
-            done = session.on_data(event.direction, event.data, ts_first, ts_last, missing=event.missing,
-                                   tid=event.tid)
+            if event.segments:
+                done = []
+                for data, missing in event.pieces():
+                    done += session.on_data(event.direction, data, ts_first, ts_last, missing=missing, tid=event.tid)
+            else:
+                done = session.on_data(event.direction, event.data, ts_first, ts_last, missing=event.missing,
+                                       tid=event.tid)
             if done:
                 self.stats.exchanges += len(done)
                 if not out:

@@ -2,9 +2,11 @@
 
 python3 grpc_app.py serve PORT                      demo.Echo on 127.0.0.1:PORT (insecure, h2c)
 python3 grpc_app.py call PORT SHAPE N               N calls of one shape on one channel:
-    unary | server_stream | client_stream | bidi | not_found | deadline
+    unary | server_stream | client_stream | bidi | not_found | deadline | big | big_fail
 Service demo.Echo: Unary echoes; ServerStream answers 3 messages; ClientStream counts the messages it got;
-Bidi echoes each message; Fail aborts with NOT_FOUND; Slow sleeps 2 s (the client's deadline is 0.2 s).
+Bidi echoes each message; Fail aborts with NOT_FOUND; Slow sleeps 2 s (the client's deadline is 0.2 s);
+Big answers one 300 KB message (its last DATA frames and the trailers leave in one large write);
+BigFail streams one 300 KB message, then aborts with NOT_FOUND.
 """
 
 import sys
@@ -38,6 +40,18 @@ def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
+BIG = bytes(range(256)) * 1200  # 300 KB
+
+
+def big(request, context):
+    return BIG
+
+
+def big_fail(request, context):
+    yield BIG
+    context.abort(grpc.StatusCode.NOT_FOUND, "gone after the first message")
+
+
 def slow(request, context):
     time.sleep(2)
     return b"late"
@@ -51,6 +65,8 @@ def serve(port: int) -> None:
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi, **IDENTITY),
         "Fail": grpc.unary_unary_rpc_method_handler(fail, **IDENTITY),
         "Slow": grpc.unary_unary_rpc_method_handler(slow, **IDENTITY),
+        "Big": grpc.unary_unary_rpc_method_handler(big, **IDENTITY),
+        "BigFail": grpc.unary_stream_rpc_method_handler(big_fail, **IDENTITY),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
@@ -83,6 +99,15 @@ def call(port: int, shape: str, n: int) -> None:
                     channel.unary_unary("/demo.Echo/Slow")(body, timeout=0.2)
                 except grpc.RpcError as e:
                     assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            elif shape == "big":
+                assert channel.unary_unary("/demo.Echo/Big")(body) == BIG
+            elif shape == "big_fail":
+                stream = channel.unary_stream("/demo.Echo/BigFail")(body)
+                try:
+                    assert next(stream) == BIG
+                    next(stream)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.NOT_FOUND
             else:
                 sys.exit(f"unknown shape {shape}")
 

@@ -348,3 +348,21 @@ def test_an_elf_file_without_btf_is_a_btf_error():
 
     with pytest.raises(BtfError, match="no .BTF section"):
         BpfObjectInfo.from_file(exe)
+
+
+def test_a_record_with_forwarded_segments_decodes_head_and_segments_apart(info, codec):
+    rec = sock_data_record(info, payload=b"\x00\x40\x00\x00\x00", length=70_000,
+                           segments=[(16393, b"\x00\x00\x04\x01\x05\x00\x00\x00\x01"), (16402, b"abcd")])
+    event = codec.decode(rec)
+    assert event.data == b"\x00\x40\x00\x00\x00"
+    assert event.segments == ((16393, b"\x00\x00\x04\x01\x05\x00\x00\x00\x01"), (16402, b"abcd"))
+    assert event.missing == 16393 - 5
+    assert codec.bad_segments == 0
+
+
+def test_segments_out_of_order_or_past_the_payload_are_dropped_and_counted(info, codec):
+    backwards = sock_data_record(info, payload=b"x" * 10, length=100, segments=[(50, b"ab"), (20, b"cd")])
+    assert codec.decode(backwards).segments == ((50, b"ab"),)
+    beyond = sock_data_record(info, payload=b"x" * 10, length=100, segments=[(99, b"abc")])
+    assert codec.decode(beyond).segments == ()
+    assert codec.bad_segments == 2

@@ -84,14 +84,14 @@ class FakeSocket:
         return self._conn(EventType.CONN_CLOSE, ts)
 
     def data(self, direction: Direction, payload: bytes, *, ts_enter: int, ts_exit: int, length: int | None = None,
-             tid: int | None = None) -> SockDataEvent:
+             tid: int | None = None, segments: tuple[tuple[int, bytes], ...] = ()) -> SockDataEvent:
         return SockDataEvent(
             tgid=self.pid, tid=tid if tid is not None else (self.tid or self.pid), fd=self.fd, ts_enter=ts_enter,
             ts_exit=ts_exit, sock_id=self.sock_id, length=len(payload) if length is None else length,
             direction=direction, role=self.role,
             syscall=Syscall.READ if direction == Direction.INGRESS else Syscall.WRITE, family=self.family,
             local_address=self.local[0], local_port=self.local[1], remote_address=self.remote[0],
-            remote_port=self.remote[1], data=payload,
+            remote_port=self.remote[1], data=payload, segments=segments,
         )
 
     def read(self, payload: bytes, *, ts_enter: int, ts_exit: int, **kw) -> SockDataEvent:
@@ -150,14 +150,19 @@ def sock_data_record(
     payload: bytes = b"",
     length: int | None = None,
     trailing: bytes = b"",
+    segments: list[tuple[int, bytes]] = (),
 ) -> bytes:
-    """A ``struct sock_data_event`` followed by ``payload`` (``captured`` bytes) and ``trailing`` junk."""
+    """A ``struct sock_data_event`` followed by ``payload`` (the head), then ``segments`` (each a
+    ``struct data_segment`` and its bytes) and ``trailing`` junk."""
+    ext = b"".join(bytes(pack_struct(info, "data_segment", {"offset": off, "size": len(chunk)})) + chunk
+                   for off, chunk in segments)
     values = {
         "type": EventType.SOCK_DATA, "tgid": tgid, "tid": tid, "fd": fd, "ts_enter": ts_enter, "ts_exit": ts_exit,
-        "sock_id": sock_id, "len": len(payload) if length is None else length, "captured": len(payload),
+        "sock_id": sock_id, "len": len(payload) if length is None else length, "captured": len(payload) + len(ext),
+        "ext_offset": len(payload) if segments else 0,
         "direction": direction, "role": role, "syscall": syscall, **_tuple_values(family, local, remote),
     }
-    return bytes(pack_struct(info, "sock_data_event", values)) + payload + trailing
+    return bytes(pack_struct(info, "sock_data_event", values)) + payload + ext + trailing
 
 
 def conn_record(
