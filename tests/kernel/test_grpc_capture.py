@@ -80,6 +80,37 @@ def test_grpc_status_after_a_large_message_in_the_same_write_is_kept(grpc_server
     assert stats["kernel.h2_forwarded"] > 0 and stats["kernel.bad_segments"] == 0
 
 
+def test_an_agent_started_mid_channel_reports_later_calls_without_wrong_values(grpc_server, capture):
+    """The channel's HPACK tables were built before the agent started: the static table and
+    literal fields decode, what refers to older dynamic entries is marked unknown, never guessed."""
+    proc, port = grpc_server
+    client = subprocess.Popen([PY, str(APPS / "grpc_app.py"), "session", str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        client.stdin.write("5\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done 5"
+        cap = capture(port)
+        client.stdin.write("20\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done 20"
+        served = cap.sink.wait_for(20, where=lambda e: e.connection.pid == proc.pid, timeout=30)
+    finally:
+        client.stdin.close()
+        client.wait(10)
+    assert len(served) == 20
+    assert all(e.protocol in ("grpc", "http2") and e.request.version == "2" for e in served)
+    for e in served:
+        # Known values are right; unknown ones are absent and said so.
+        assert e.request.target in ("/demo.Echo/Unary", "")  # grpcio indexes :path once per channel
+        if e.request.target == "":
+            assert "hpack: unknown :path" in e.warnings, e.warnings
+        assert _status(e) in ("0", None)
+        if _status(e) is None:
+            assert any("unknown" in w for w in e.warnings), e.warnings
+    assert cap.receiver.stats()["http2.hpack_unknown_refs"] > 0
+
+
 def test_grpc_spans_and_rpc_metrics_over_otlp(grpc_server):
     proc, port = grpc_server
     with OtlpReceiver() as otlp:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..records import Direction, Role
 from .btf import BpfObjectInfo, BtfError
 
-__all__ = ["EventType", "Syscall", "Stat", "SockDataEvent", "ConnEvent", "SockDataCodec"]
+__all__ = ["ConnEvent", "EventType", "SockDataCodec", "SockDataEvent", "Stat", "Syscall"]
 
 
 class EventType(enum.IntEnum):

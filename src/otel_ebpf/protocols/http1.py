@@ -364,6 +364,7 @@ class Http1Parser:
         "_in_message",
         "_trailers",
         "_trailer_bytes",
+        "after_switch",
     )
 
     def __init__(
@@ -391,6 +392,9 @@ class Http1Parser:
         self._in_message = False  # a head was emitted and its MessageEnd not yet
         self._trailers: list[tuple[str, str]] = []
         self._trailer_bytes = 0
+        # After a protocol switch: the rest of the chunk that carried the switching head, as
+        # (captured bytes, uncaptured bytes after them), for whoever parses the new protocol.
+        self.after_switch: tuple[bytes, int] | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -469,6 +473,9 @@ class Http1Parser:
                     if state == _HUNT:
                         skipped = n - pos
                     break
+            if self._state == _SWITCHED:
+                self.after_switch = (data[pos:], missing)
+                missing = 0
             if missing:
                 skipped += self._on_missing(missing, events)
             if skipped:
@@ -1074,6 +1081,11 @@ class Http1Session:
     def dead(self) -> bool:
         """True once the connection was judged not HTTP/1, switched protocols, or was given up."""
         return self._dead
+
+    def after_switch(self, direction: Direction) -> tuple[bytes, int] | None:
+        """After a 101 (or CONNECT) seen in ``direction``: the bytes of that chunk past the head,
+        as (captured, uncaptured after them); None when ``direction`` did not switch."""
+        return self._parsers[direction].after_switch
 
     @property
     def connection(self) -> Connection:

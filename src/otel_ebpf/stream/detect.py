@@ -10,8 +10,13 @@ The first chunk that carries bytes decides: the HTTP/2 connection preface (h2c p
 and what a TLS-less gRPC channel sends) selects HTTP/2, and so does a plausible run of HTTP/2
 frame headers (a server's SETTINGS seen before the client's preface, or a connection picked up
 midstream); anything else goes to the HTTP/1 parser, which drops non-HTTP connections itself
-(counted). The chosen session then gets every chunk. ``Upgrade: h2c`` is not followed yet: the
-HTTP/1 session reports the upgrade request with its 101 and stops there.
+(counted). The chosen session then gets every chunk.
+
+``Upgrade: h2c`` is followed: when an HTTP/1.1 request asking for h2c is answered with 101, an
+HTTP/2 session takes over from the bytes right after the 101 head, the upgrade request becomes its
+stream 1 (same exchange id: one exchange, whose response is the HTTP/2 one), and the 101 itself is
+not reported as an exchange of its own. Other upgrades (WebSocket, CONNECT tunnels) still end the
+HTTP/1 session after reporting the 101.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ except ImportError:  # pragma: no cover
     PREFACE, Http2Session, Http2Stats, looks_like_http2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None, None, None
 
 
+def _asks_h2c(value: str | None) -> bool:
+    return value is not None and any(p.strip().lower() == "h2c" for p in value.split(","))
+
+
 class DetectingSession:
-    __slots__ = ("_conn", "_http1_stats", "_http2_stats", "_midstream", "_inner", "on_request")
+    __slots__ = ("_conn", "_http1_stats", "_http2_stats", "_inner", "_midstream", "on_request")
 
     def __init__(self, connection: Connection, *, http1_stats: Http1Stats, http2_stats=None,
                  midstream: bool = False):
@@ -70,7 +79,33 @@ class DetectingSession:
             if not data:
                 return []  # nothing to decide on yet (e.g. sendfile bytes): wait for real bytes
             self._choose(data)
-        return self._inner.on_data(direction, data, ts_first, ts_last, missing=missing, tid=tid)
+        inner = self._inner
+        out = inner.on_data(direction, data, ts_first, ts_last, missing=missing, tid=tid)
+        if out and inner.dead and self._http2_stats is not None and type(inner) is Http1Session:
+            self._follow_h2c(inner, direction, out, ts_first, ts_last, tid)
+        return out
+
+    def _follow_h2c(self, http1: Http1Session, direction: Direction, out: list[Exchange], ts_first: int,
+                    ts_last: int, tid: int) -> None:
+        """Hand an h2c upgrade over to an HTTP/2 session (see the module docstring); edits ``out``."""
+        rest = http1.after_switch(direction)
+        if rest is None:
+            return
+        for i, ex in enumerate(out):
+            response = ex.response
+            if (response is not None and response.status == 101 and _asks_h2c(ex.request.header("upgrade"))
+                    and _asks_h2c(response.header("upgrade"))):
+                break
+        else:
+            return
+        del out[i]
+        h2 = Http2Session(http1.connection, stats=self._http2_stats, upgraded=True)
+        h2.on_request = self.on_request
+        h2.adopt_upgrade_request(ex.request, ex.start_ns, ex.tid, ex.exchange_id)
+        self._inner = h2
+        data, missing = rest
+        if data or missing:
+            out += h2.on_data(direction, data, ts_first, ts_last, missing=missing, tid=tid)
 
     def on_close(self, ts: int) -> list[Exchange]:
         return self._inner.on_close(ts) if self._inner is not None else []

@@ -1,6 +1,8 @@
 """gRPC test server and client on grpcio, with raw-bytes serializers (no protoc needed).
 
 python3 grpc_app.py serve PORT                      demo.Echo on 127.0.0.1:PORT (insecure, h2c)
+python3 grpc_app.py session PORT                    one channel kept open; each line "N" on stdin makes N
+                                                    unary calls and prints "done N"
 python3 grpc_app.py call PORT SHAPE N               N calls of one shape on one channel:
     unary | server_stream | client_stream | bidi | not_found | deadline | big | big_fail
 Service demo.Echo: Unary echoes; ServerStream answers 3 messages; ClientStream counts the messages it got;
@@ -112,8 +114,21 @@ def call(port: int, shape: str, n: int) -> None:
                 sys.exit(f"unknown shape {shape}")
 
 
+def session(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        unary = channel.unary_unary("/demo.Echo/Unary")
+        for line in sys.stdin:
+            n = int(line)
+            for i in range(n):
+                assert unary(f"s{i}".encode()) == f"echo:s{i}".encode()
+            print(f"done {n}", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "session":
+        session(int(sys.argv[2]))
     else:
         call(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

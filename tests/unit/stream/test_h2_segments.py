@@ -1,5 +1,6 @@
 """HTTP/2 frames forwarded past the capture (sockdata's h2_walk): a model of the kernel walk feeds
-the connection table, which must then parse exactly as if every byte had been captured."""
+the connection table, which must then parse exactly as if every byte had been captured. Also the
+h2c upgrade hand-over from HTTP/1.1 to HTTP/2."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 
 from otel_ebpf.bpf.clock import MonotonicClock
 from otel_ebpf.protocols.http1 import Http1Stats
-from otel_ebpf.records import Direction, Role
+from otel_ebpf.protocols.http2 import Http2Stats
+from otel_ebpf.records import Connection, Direction, Role
 from otel_ebpf.stream.conntable import ConnectionTable, ListeningPorts
+from otel_ebpf.stream.detect import DetectingSession
 
 from ..protocols.feeding import FIXTURES_ROOT, load
 from .events_factory import FakeSocket, write_proc_net_tcp
@@ -133,3 +136,28 @@ def test_segments_split_a_syscall_into_pieces_with_exact_gaps():
     assert event.missing == 6
     assert event.pieces() == [(b"HEAD", 6), (b"abc", 0), (b"de", 35), (b"x", 49)]
     assert sum(len(d) + m for d, m in event.pieces()) == 100
+
+
+def test_an_h2c_upgrade_is_one_exchange_continued_by_http2(table):
+    """curl --http2 against a server that answers Upgrade: h2c with 101: the HTTP/1.1 request is
+    stream 1 of the HTTP/2 session that takes over after the 101 head; the 101 is not an exchange."""
+    sock = FakeSocket(pid=100, role=Role.SERVER)
+    session = DetectingSession(_connection(sock), http1_stats=Http1Stats(), http2_stats=Http2Stats())
+    starts = []
+    session.on_request = starts.append
+    out = []
+    for i, (side, data) in enumerate(load("curl_upgrade", FIXTURES_ROOT / "http2")):
+        direction = Direction.INGRESS if side == "c" else Direction.EGRESS
+        out += session.on_data(direction, data, 1_000 * i, 1_000 * i + 10, tid=7)
+    out += session.on_close(10_000)
+    (ex,) = out
+    assert [s.exchange_id for s in starts] == [ex.exchange_id]
+    assert ex.protocol == "http2" and ex.request.target == "/upgraded" and ex.request.version == "1.1"
+    assert (ex.response.status, ex.response.version) == (200, "2")
+    assert session.protocol == "http2" and not session.dead
+
+
+def _connection(sock: FakeSocket) -> Connection:
+    return Connection(pid=sock.pid, fd=sock.fd, sock_id=sock.sock_id, family=4, local_address=sock.local[0],
+                      local_port=sock.local[1], remote_address=sock.remote[0], remote_port=sock.remote[1],
+                      role=sock.role)
