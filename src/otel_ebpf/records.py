@@ -162,3 +162,51 @@ class Exchange:
     @property
     def role(self) -> Role:
         return self.connection.role
+
+
+class FlowState(enum.Enum):
+    """Where a TCP flow record stands (``TcpFlow.state``)."""
+
+    ACTIVE = "active"  # an interval snapshot of a connection still open
+    CLOSED = "closed"  # the connection reached ESTABLISHED and has now closed
+    FAILED = "failed"  # a connect that never reached ESTABLISHED (see ``TcpFlow.failure``)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFlow:
+    """One TCP connection seen by the kernel: a summary at close, or a snapshot every flow
+    interval while it lives. Counters are totals since the connection opened (or since the agent
+    first saw it: ``partial``); ``interval_*`` fields cover what changed since the previous record
+    of the same flow. Timestamps are wall-clock ns, like every record."""
+
+    flow_id: int  # stable for the connection's life: kernel address of its struct sock
+    state: FlowState
+    family: int  # 4 or 6
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    role: Role  # CLIENT: this host connected; SERVER: it accepted; UNKNOWN: open before the agent
+    pid: int  # 0 when unknown (e.g. a server connection nobody read or wrote yet)
+    comm: str
+    cgroup_id: int
+    start_ns: int  # connect / establishment (or first sight)
+    end_ns: int  # close, failure, or snapshot time
+    bytes_sent: int  # acknowledged by the peer (tcp_sock.bytes_acked)
+    bytes_received: int
+    segments_sent: int
+    segments_received: int
+    retransmits: int  # retransmitted segments (tcp_sock.total_retrans)
+    resets_sent: int
+    resets_received: int
+    srtt_us: int  # smoothed RTT, microseconds (0: no sample)
+    min_rtt_us: int
+    failure: str | None = None  # FAILED: "refused", "timed_out", "reset" or "error:<errno>"
+    partial: bool = False  # opened before the agent started: counters include earlier traffic
+    interval_bytes_sent: int = 0
+    interval_bytes_received: int = 0
+    interval_retransmits: int = 0
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
