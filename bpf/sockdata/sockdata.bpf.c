@@ -54,7 +54,8 @@ struct active_call {
 	__u8 syscall;
 	__u8 direction;
 	__u8 role;
-	__u32 _pad;
+	__u8 proto; /* IPPROTO_TCP, or IPPROTO_UDP (DNS) */
+	__u8 _pad[3];
 	struct conn_tuple tuple;
 };
 
@@ -248,9 +249,14 @@ static __always_inline __u64 rb_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-/* fd -> struct sock of a TCP socket (IPv4/IPv6), or NULL. Cheap for non-socket
- * fds: they stop at the inode mode check. */
-static __always_inline struct sock *fd_to_tcp_sock(__s32 fd)
+#define SOCK_DGRAM 2
+#define IPPROTO_UDP 17
+#define DNS_PORT 53
+
+/* fd -> struct sock of a TCP socket (IPv4/IPv6), or NULL. With `dns`, also a
+ * connected UDP socket whose local or remote port is 53 (what glibc's resolver
+ * uses). Cheap for non-socket fds: they stop at the inode mode check. */
+static __always_inline struct sock *fd_to_sock(__s32 fd, int dns)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -280,9 +286,20 @@ static __always_inline struct sock *fd_to_tcp_sock(__s32 fd)
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	type = BPF_CORE_READ(sk, sk_type);
 	proto = BPF_CORE_READ(sk, sk_protocol);
-	if (type != SOCK_STREAM || proto != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
+	if (family != AF_INET && family != AF_INET6)
 		return NULL;
-	return sk;
+	if (type == SOCK_STREAM && proto == IPPROTO_TCP)
+		return sk;
+	if (dns && type == SOCK_DGRAM && proto == IPPROTO_UDP &&
+	    (BPF_CORE_READ(sk, __sk_common.skc_dport) == __builtin_bswap16(DNS_PORT) ||
+	     BPF_CORE_READ(sk, __sk_common.skc_num) == DNS_PORT))
+		return sk;
+	return NULL;
+}
+
+static __always_inline struct sock *fd_to_tcp_sock(__s32 fd)
+{
+	return fd_to_sock(fd, 0);
 }
 
 static __always_inline void read_tuple(struct sock *sk, struct conn_tuple *t)
@@ -383,9 +400,10 @@ static __always_inline int prepare_call(struct active_call *call, __s32 fd, __u6
 
 	if (is_self(tgid, fd, 0) || !pid_allowed(tgid))
 		return -1;
-	sk = fd_to_tcp_sock(fd);
+	sk = fd_to_sock(fd, 1);
 	if (!sk)
 		return -1;
+	call->proto = BPF_CORE_READ(sk, sk_protocol);
 	read_tuple(sk, &call->tuple);
 	if (is_far_end_of_self(&call->tuple))
 		return -1;
@@ -459,8 +477,18 @@ static __always_inline void fill_header(struct sock_data_event *h, const struct 
 	h->direction = call->direction;
 	h->role = call->role;
 	h->syscall = call->syscall;
+	h->proto = call->proto;
 	h->ext_offset = 0;
 	h->tuple = call->tuple;
+	h->total_retrans = 0;
+	h->srtt_us = 0;
+	if (call->proto == IPPROTO_TCP) {
+		/* The connection's health at this syscall: spans get retransmits and RTT from it. */
+		struct tcp_sock *tp = (struct tcp_sock *)call->sock_id;
+
+		h->total_retrans = BPF_CORE_READ(tp, total_retrans);
+		h->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	}
 }
 
 static __always_inline void submit(struct data_scratch *s, __u32 captured, __u64 len)
@@ -840,7 +868,7 @@ static __always_inline __u32 with_frames(struct data_scratch *s, const struct ac
 {
 	__u32 total;
 
-	if (len > 0xffffffffULL)
+	if (len > 0xffffffffULL || call->proto != IPPROTO_TCP)
 		return captured;
 	total = h2_walk(call->sock_id, call->buf, (iov ? call->vlen & 0xffff : 0) | ((__u32)call->direction << 16), len,
 			captured);

@@ -65,7 +65,7 @@ struct sock_data_event {
 	__u8 direction;
 	__u8 role;
 	__u8 syscall;
-	__u8 _pad;
+	__u8 proto; /* 6: TCP; 17: UDP (only DNS sockets: a port is 53) */
 	/* 0: `data` is the payload's first `captured` bytes. Otherwise the first
 	 * `ext_offset` bytes of `data` are the payload's head and data segments
 	 * (struct data_segment + bytes) follow, up to `captured`: parts of the
@@ -73,6 +73,8 @@ struct sock_data_event {
 	 * non-DATA frames of a truncated syscall, see h2_walk). */
 	__u32 ext_offset;
 	struct conn_tuple tuple;
+	__u32 total_retrans; /* TCP: the connection's retransmitted segments so far */
+	__u32 srtt_us;       /* TCP: its smoothed RTT (0: no sample yet) */
 	__u8 data[]; /* `captured` bytes */
 };
 

@@ -137,6 +137,14 @@ class RequestStart:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpHealth:
+    """The TCP connection's health over one exchange, from the kernel's tcp_sock at each syscall."""
+
+    retransmits: int  # segments this process retransmitted between the exchange's first and last syscall
+    srtt_us: int  # smoothed RTT at the exchange's last syscall (0: no sample)
+
+
+@dataclass(frozen=True, slots=True)
 class Exchange:
     """One request and its response on one connection.
 
@@ -158,6 +166,7 @@ class Exchange:
     exchange_id: int = field(default=0, compare=False)  # = RequestStart.exchange_id (0: none emitted)
     trace: TraceIdentity | None = None  # set by the stitching processor; None: from headers only
     rpc_messages: tuple[int, int] = (0, 0)  # gRPC length-prefixed messages seen (request, response)
+    tcp: TcpHealth | None = None  # the connection's retransmits and RTT over the exchange (TCP only)
 
     @property
     def role(self) -> Role:

@@ -81,6 +81,9 @@ class SockDataEvent:
     # Parts of the payload past the prefix, as (offset, bytes) in increasing order: HTTP/2 frame
     # headers and non-DATA frames the kernel forwarded from an oversized syscall (see h2_walk).
     segments: tuple[tuple[int, bytes], ...] = ()
+    transport: int = 6  # IPPROTO_TCP (6), or IPPROTO_UDP (17) for DNS sockets
+    total_retrans: int = 0  # TCP: the connection's retransmitted segments at this syscall
+    srtt_us: int = 0  # TCP: its smoothed RTT then (0: no sample)
 
     @property
     def missing(self) -> int:
@@ -123,7 +126,8 @@ class ConnEvent:
 
 _DATA_FIELDS = [
     "type", "tgid", "tid", "fd", "ts_enter", "ts_exit", "sock_id", "len", "captured", "direction", "role",
-    "syscall", "ext_offset", "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+    "syscall", "proto", "ext_offset", "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family",
+    "total_retrans", "srtt_us",
 ]
 _CONN_FIELDS = [
     "type", "tgid", "tid", "fd", "ts", "sock_id", "role",
@@ -178,8 +182,8 @@ class SockDataCodec:
         try:
             kind = rec[0]
             if kind == EventType.SOCK_DATA:
-                (_t, tgid, tid, fd, ts_enter, ts_exit, sock_id, length, captured, direction, role, syscall,
-                 ext_offset, saddr, daddr, sport, dport, family) = self._data.unpack_from(rec, 0)
+                (_t, tgid, tid, fd, ts_enter, ts_exit, sock_id, length, captured, direction, role, syscall, proto,
+                 ext_offset, saddr, daddr, sport, dport, family, retrans, srtt) = self._data.unpack_from(rec, 0)
                 start = self._data_size
                 segments = ()
                 if ext_offset:
@@ -188,7 +192,7 @@ class SockDataCodec:
                 return SockDataEvent(
                     tgid, tid, fd, ts_enter, ts_exit, sock_id, length, Direction(direction), Role(role),
                     Syscall(syscall), 4 if family == socket.AF_INET else 6, _addr(family, saddr), sport,
-                    _addr(family, daddr), dport, rec[start : start + captured], segments,
+                    _addr(family, daddr), dport, rec[start : start + captured], segments, proto, retrans, srtt,
                 )
             if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
                 (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family,

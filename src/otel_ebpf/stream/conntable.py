@@ -19,14 +19,14 @@ host, and failing that from the direction of the first request.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import replace
 from pathlib import Path
 
 from ..bpf.clock import MonotonicClock
 from ..bpf.events import ConnEvent, EventType, SockDataEvent
 from ..protocols.http1 import Http1Stats
-from ..records import Connection, Direction, Exchange, Role
+from ..records import Connection, Direction, Exchange, Role, TcpHealth
 from .detect import DetectingSession, Http2Stats
 
 __all__ = ["ConnectionTable", "ListeningPorts", "TableStats"]
@@ -81,13 +81,35 @@ class ListeningPorts:
         return port in self._ports
 
 
+HEALTH_SAMPLES = 64  # per connection: (time, retransmits, srtt) at its last syscalls
+
+
+def _with_health(done: list[Exchange], samples) -> list[Exchange]:
+    """Exchanges with the TCP health of their connection over them: retransmits between the last
+    sample at or before the exchange's start (else the oldest kept) and the latest one."""
+    if not samples:
+        return done
+    last = samples[-1]
+    out = []
+    for ex in done:
+        base = samples[0]
+        start = ex.start_ns
+        for sample in reversed(samples):
+            if sample[0] <= start:
+                base = sample
+                break
+        out.append(replace(ex, tcp=TcpHealth(max(0, last[1] - base[1]), last[2])))
+    return out
+
+
 class _Entry:
-    __slots__ = ("sock_id", "session", "last_seen")
+    __slots__ = ("sock_id", "session", "last_seen", "health")
 
     def __init__(self, sock_id: int, session: DetectingSession, last_seen: int):
         self.sock_id = sock_id
         self.session = session
         self.last_seen = last_seen
+        self.health: deque[tuple[int, int, int]] = deque(maxlen=HEALTH_SAMPLES)  # (wall ts, retrans, srtt)
 
 
 class ConnectionTable:
@@ -184,6 +206,7 @@ class ConnectionTable:
             to_wall = self._clock.to_wall
             ts_last = to_wall(event.ts_exit)
             ts_first = to_wall(event.ts_enter) if event.direction == Direction.EGRESS else ts_last
+            entry.health.append((ts_last, event.total_retrans, event.srtt_us))
             if event.segments:
                 done = []
                 for data, missing in event.pieces():
@@ -192,6 +215,7 @@ class ConnectionTable:
                 done = session.on_data(event.direction, event.data, ts_first, ts_last, missing=event.missing,
                                        tid=event.tid)
             if done:
+                done = _with_health(done, entry.health)
                 self.stats.exchanges += len(done)
                 if not out:
                     return done

@@ -111,7 +111,7 @@ def describe_rpc(exchange: Exchange, http):
     attrs[RPC_RESPONSE_STATUS_CODE] = status_name
     for key in (SERVER_ADDRESS, SERVER_PORT, "network.peer.address", "network.peer.port", "client.address",
                 "client.port", "network.local.address", "network.local.port", "network.protocol.version",
-                "user_agent.original", "thread.id"):
+                "user_agent.original", "thread.id", "otel_ebpf.tcp.retransmits", "otel_ebpf.tcp.rtt"):
         if key in http.attributes:
             attrs[key] = http.attributes[key]
     for key, value in http.attributes.items():

@@ -354,6 +354,10 @@ CAPTURED_REQUEST_HEADERS = frozenset({"x-request-id", "x-envoy-attempt-count"})
 CAPTURED_RESPONSE_HEADERS = frozenset({"x-envoy-upstream-service-time"})
 
 
+TCP_RETRANSMITS = "otel_ebpf.tcp.retransmits"  # segments retransmitted during the exchange
+TCP_RTT = "otel_ebpf.tcp.rtt"  # the connection's smoothed RTT at the exchange's end, seconds
+
+
 def describe(exchange: Exchange) -> HttpSemantics:
     """Span and metric facts of one exchange (HTTP semantic conventions; RPC ones for gRPC)."""
     if exchange.protocol == "grpc":
@@ -578,6 +582,11 @@ def describe_http(exchange: Exchange) -> HttpSemantics:
         attrs[ERROR_TYPE] = error_type
     if exchange.tid > 0:
         attrs[THREAD_ID] = exchange.tid
+    tcp = exchange.tcp
+    if tcp is not None:  # the network under the exchange (docs/telemetry.md)
+        attrs[TCP_RETRANSMITS] = tcp.retransmits
+        if tcp.srtt_us:
+            attrs[TCP_RTT] = tcp.srtt_us / 1e6
     # Mesh facts worth auditing a trace by (never secrets: these names are fixed).
     for name, value in request.headers:
         if name in CAPTURED_REQUEST_HEADERS:

@@ -176,7 +176,7 @@ def test_a_data_record_decodes_to_every_field_and_its_payload(info, codec):
         info, tgid=4242, tid=4243, fd=12, ts_enter=123_456_789_012, ts_exit=123_456_799_999,
         sock_id=0xFFFF_8880_1234_5678, direction=Direction.EGRESS, role=Role.CLIENT, syscall=Syscall.SENDMSG,
         family=socket.AF_INET, local=("192.168.1.20", 51234), remote=("10.1.2.3", 8080),
-        payload=REQUEST, length=len(REQUEST) + 100,
+        payload=REQUEST, length=len(REQUEST) + 100, total_retrans=3, srtt_us=1234,
     )
 
     event = codec.decode(rec)
@@ -185,7 +185,7 @@ def test_a_data_record_decodes_to_every_field_and_its_payload(info, codec):
         tgid=4242, tid=4243, fd=12, ts_enter=123_456_789_012, ts_exit=123_456_799_999,
         sock_id=0xFFFF_8880_1234_5678, length=len(REQUEST) + 100, direction=Direction.EGRESS, role=Role.CLIENT,
         syscall=Syscall.SENDMSG, family=4, local_address="192.168.1.20", local_port=51234,
-        remote_address="10.1.2.3", remote_port=8080, data=REQUEST,
+        remote_address="10.1.2.3", remote_port=8080, data=REQUEST, transport=6, total_retrans=3, srtt_us=1234,
     )
     assert event.missing == 100
     assert codec.decode_errors == 0

@@ -151,6 +151,9 @@ def sock_data_record(
     length: int | None = None,
     trailing: bytes = b"",
     segments: list[tuple[int, bytes]] = (),
+    proto: int = 6,
+    total_retrans: int = 0,
+    srtt_us: int = 0,
 ) -> bytes:
     """A ``struct sock_data_event`` followed by ``payload`` (the head), then ``segments`` (each a
     ``struct data_segment`` and its bytes) and ``trailing`` junk."""
@@ -159,7 +162,8 @@ def sock_data_record(
     values = {
         "type": EventType.SOCK_DATA, "tgid": tgid, "tid": tid, "fd": fd, "ts_enter": ts_enter, "ts_exit": ts_exit,
         "sock_id": sock_id, "len": len(payload) if length is None else length, "captured": len(payload) + len(ext),
-        "ext_offset": len(payload) if segments else 0,
+        "ext_offset": len(payload) if segments else 0, "proto": proto, "total_retrans": total_retrans,
+        "srtt_us": srtt_us,
         "direction": direction, "role": role, "syscall": syscall, **_tuple_values(family, local, remote),
     }
     return bytes(pack_struct(info, "sock_data_event", values)) + payload + ext + trailing
