@@ -119,6 +119,9 @@ _METRICS = {
     # the older experimental names, with OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup
     RPC_SERVER_DURATION: _MetricSpec("Measures the duration of inbound RPC.", "ms", 1000.0, _MS_BUCKETS),
     RPC_CLIENT_DURATION: _MetricSpec("Measures the duration of outbound RPC.", "ms", 1000.0, _MS_BUCKETS),
+    "dns.lookup.duration": _MetricSpec("Measures the time taken to perform a DNS lookup.", "s", 1.0,
+                                       (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                                        10.0)),
 }
 _OVERFLOW = "otel_ebpf.metrics.overflow"
 _EXPIRED = "otel_ebpf.metrics.series_expired"
@@ -308,6 +311,13 @@ class HttpMetricsAggregator:
         for metric in metrics:
             spec = _METRICS[metric]
             self._record_one(metric, seconds * spec.scale, spec.bounds or self._bounds, resource, attributes)
+
+    def record_duration(self, metric: str, start_ns: int, end_ns: int, resource: Resource,
+                        attributes: Mapping[str, Any]) -> None:
+        """Add one duration to the histogram ``metric`` (a name :data:`_METRICS` knows)."""
+        spec = _METRICS[metric]
+        seconds = max(0.0, (end_ns - start_ns) / 1e9)
+        self._record_one(metric, seconds * spec.scale, spec.bounds or self._bounds, resource, attributes)
 
     def _record_one(self, metric: str, duration: float, bounds: tuple[float, ...], resource: Resource,
                     attributes: Mapping[str, Any]) -> None:

@@ -56,7 +56,9 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from otel_ebpf.protocols.dns import DnsLookup
 from otel_ebpf.records import Exchange
+from otel_ebpf.telemetry.dns import DNS_LOOKUP_DURATION, DnsContext, describe_dns
 from otel_ebpf.telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from otel_ebpf.telemetry.semantics import describe
 from otel_ebpf.telemetry.spans import SpanBuilder
@@ -233,7 +235,10 @@ class TelemetryPipeline:
                 if item.final:
                     return
                 continue
-            self._handle(item)
+            if type(item) is DnsLookup:
+                self._handle_dns(item)
+            else:
+                self._handle(item)
             if len(self._batch) >= self._max_batch:
                 self._hand_over()
 
@@ -263,6 +268,26 @@ class TelemetryPipeline:
             except Exception:
                 self._self.add(CALLBACK_ERRORS)
                 _logger.debug("on_exchange callback failed", exc_info=True)
+
+    def consume_dns(self, lookup: DnsLookup) -> None:
+        """Queue one DNS lookup (same queue, bounds and drop counting as exchanges)."""
+        self.consume(lookup)  # type: ignore[arg-type]
+
+    def _handle_dns(self, lookup: DnsLookup) -> None:
+        try:
+            sem = describe_dns(lookup)
+            ctx = lookup.context
+            pid = ctx.connection.pid if isinstance(ctx, DnsContext) else 0
+            span = self._builder.build_other(sem, pid=pid, start_ns=lookup.start_ns, end_ns=lookup.end_ns)
+            self._aggregator.record_duration(DNS_LOOKUP_DURATION, lookup.start_ns, lookup.end_ns, span.resource,
+                                             sem.metric_attributes)
+        except Exception:
+            self._self.add(ERRORS)
+            _logger.debug("dropping a DNS lookup that failed in the pipeline", exc_info=True)
+            return
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        self._batch.append(span)
 
     def _hand_over(self) -> None:
         if not self._batch:
@@ -368,7 +393,10 @@ class TelemetryPipeline:
             if isinstance(item, _Flush):
                 item.done.set()
                 continue
-            self._handle(item)
+            if type(item) is DnsLookup:
+                self._handle_dns(item)
+            else:
+                self._handle(item)
             if len(self._batch) >= self._max_batch:
                 batch, self._batch = self._batch, []
                 self._export_spans(batch)

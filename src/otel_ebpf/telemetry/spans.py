@@ -207,6 +207,21 @@ class SpanBuilder:
         attrs[SERVICE_NAME] = info.service_name
         return _HashedResource(attrs, SCHEMA_URL)
 
+    def build_other(self, sem: HttpSemantics, *, pid: int, start_ns: int, end_ns: int) -> ReadableSpan:
+        """A root span from ``sem`` for something other than an exchange (a DNS lookup)."""
+        info = self._process_info.get(pid)
+        attributes = sem.attributes
+        if self._per_process:
+            resource = self._resource_for_info(info)
+        else:
+            resource = self._agent_resource
+            attributes = {**attributes, **process_attributes(info)}
+        context = SpanContext(self._ids.generate_trace_id(), self._ids.generate_span_id(), False, _SAMPLED)
+        return ReadableSpan(name=sem.name, context=context, parent=None, resource=resource, attributes=attributes,
+                            kind=sem.kind, status=sem.status, start_time=start_ns,
+                            end_time=end_ns if end_ns >= start_ns else start_ns,
+                            instrumentation_scope=self._scope)
+
     def build(self, exchange: Exchange, *, semantics: HttpSemantics | None = None) -> ReadableSpan:
         """A finished span for ``exchange``; pass ``semantics`` if :func:`describe` already ran."""
         sem = semantics if semantics is not None else describe(exchange)

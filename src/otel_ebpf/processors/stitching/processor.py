@@ -328,6 +328,12 @@ class StitchingProcessor:
             if not queue:
                 del self._clients_by_conn[flight.conn_key]
 
+    def consume_dns(self, lookup) -> None:
+        """DNS lookups are not stitched (yet): passed on as they are."""
+        forward = getattr(self._next, "consume_dns", None)
+        if forward is not None:
+            forward(lookup)
+
     def consume(self, exchange: Exchange) -> None:
         with self._lock:
             flight = self._flights.pop(exchange.exchange_id, None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Protocol
 
 from ...bpf.btf import BpfObjectInfo
@@ -25,8 +26,10 @@ from ...bpf.events import ConnEvent, SockDataEvent
 from ...bpf.recording import RecordingWriter
 from ...bpf.sockdata import SockDataTracer
 from ...processinfo import ProcessInfoCache
+from ...protocols.dns import DnsTracker, TcpDnsFramer
 from ...protocols.http1 import Http1Stats
-from ...records import Direction, Exchange
+from ...records import Connection, Direction, Exchange, Role
+from ...telemetry.dns import DnsContext
 from ...stream.conntable import ConnectionTable
 from .config import HttpReceiverConfig
 
@@ -85,6 +88,9 @@ class HttpReceiver:
             process_info = getattr(consumer, "process_info", None)
         if process_info is not None:
             self.table.on_new_process = process_info.remember
+        self.dns = DnsTracker()
+        self._dns_framers: OrderedDict[tuple, TcpDnsFramer] = OrderedDict()
+        self._dns_sink = getattr(consumer, "consume_dns", None)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._recorder: RecordingWriter | None = None
@@ -140,6 +146,10 @@ class HttpReceiver:
                         self._recorder.write(rec)
                 handle = table.handle
                 for ev in causal_order(raw, codec):
+                    if type(ev) is SockDataEvent and (ev.transport != 6 or ev.remote_port == 53
+                                                      or ev.local_port == 53):
+                        self._on_dns(ev)
+                        continue
                     done = handle(ev)
                     if done:
                         self._emit(done)
@@ -148,12 +158,57 @@ class HttpReceiver:
                     next_housekeeping = now + 1.0
                     self.clock.maybe_refresh()
                     self._emit(table.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+                    for lookup in self.dns.expire(self.clock.to_wall(time.clock_gettime_ns(time.CLOCK_MONOTONIC))):
+                        self._emit_dns(lookup)
             except Exception:
                 log.exception("http receiver loop error (continuing)")
                 self._stop.wait(0.1)
         # final drain of what the kernel already wrote
         for ev in causal_order(tracer.poll_raw(0), codec):
-            self._emit(table.handle(ev))
+            if type(ev) is SockDataEvent and (ev.transport != 6 or ev.remote_port == 53 or ev.local_port == 53):
+                self._on_dns(ev)
+            else:
+                self._emit(table.handle(ev))
+
+    def _on_dns(self, ev: SockDataEvent) -> None:
+        """A datagram (or TCP bytes) of a DNS socket: queries the process sent, answers it read.
+        Only the client side becomes lookups; a DNS server's own sockets are skipped."""
+        if ev.remote_port != 53:
+            return  # a local DNS server (port 53 here): not a lookup of this process
+        conn = Connection(ev.tgid, ev.fd, ev.sock_id, ev.family, ev.local_address, ev.local_port, ev.remote_address,
+                          ev.remote_port, Role.CLIENT)
+        key = (ev.tgid, ev.sock_id)
+        ts = self.clock.to_wall(ev.ts_exit)
+        context = DnsContext(conn, ev.tid)
+        if ev.transport == 6:
+            fkey = (ev.tgid, ev.sock_id, ev.direction)
+            framer = self._dns_framers.get(fkey)
+            if framer is None:
+                framer = self._dns_framers[fkey] = TcpDnsFramer()
+                if len(self._dns_framers) > 4096:
+                    self._dns_framers.popitem(last=False)
+            if ev.missing:
+                framer.reset()  # an uncaptured part: drop the partial message, resync on the next
+                return
+            messages = framer.receive_data(ev.data)
+            transport = "tcp"
+        else:
+            messages = [ev.data] if not ev.missing else []
+            transport = "udp"
+        for message in messages:
+            lookup = self.dns.feed(key, message, self.clock.to_wall(ev.ts_enter) if ev.direction == Direction.EGRESS
+                                   else ts, context=context, transport=transport)
+            if lookup is not None:
+                self._emit_dns(lookup)
+
+    def _emit_dns(self, lookup) -> None:
+        if self._dns_sink is None:
+            return
+        try:
+            self._dns_sink(lookup)
+        except Exception:  # a consumer bug must not stop capture
+            self.consumer_errors += 1
+            log.exception("consumer failed on a DNS lookup")
 
     def stats(self) -> dict[str, int]:
         """Cumulative counters of the kernel side, the connection table and the HTTP/1 parser."""
@@ -164,6 +219,9 @@ class HttpReceiver:
         if h2 is not None:
             out.update({f"http2.{k}": getattr(h2, k) for k in h2.__slots__})
         out["table.connections"] = len(self.table)
+        dns = self.dns
+        out.update({"dns.malformed": dns.malformed, "dns.unmatched_responses": dns.unmatched_responses,
+                    "dns.evicted": dns.evicted, "dns.timed_out": dns.timed_out})
         out["consumer_errors"] = self.consumer_errors
         return out
 
