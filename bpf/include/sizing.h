@@ -35,4 +35,9 @@
 #define MAX_FILTER_PIDS 1024
 #define MAX_FILTER_PORTS 1024
 
+/* TCP connections tracked by tcpflow (one LRU entry per struct sock). Past it
+ * the least recently used flow is evicted and reported as partial when it is
+ * next seen. Each value is 120 bytes. */
+#define MAX_FLOWS 65536
+
 #endif

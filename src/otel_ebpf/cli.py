@@ -124,7 +124,9 @@ def _cmd_replay(args) -> int:
     agent.pipeline.start()
     clock = MonotonicClock()
     clock.offset_ns = recording.clock_offset_ns
-    table = agent.receivers[0].table
+    from .receivers.http import HttpReceiver
+
+    table = next(r for r in agent.receivers if isinstance(r, HttpReceiver)).table
     table._clock = clock
     n = 0
     for raw in recording.records():

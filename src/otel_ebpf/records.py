@@ -210,7 +210,7 @@ class TcpFlow:
     resets_received: int
     srtt_us: int  # smoothed RTT, microseconds (0: no sample)
     min_rtt_us: int
-    failure: str | None = None  # FAILED: "refused", "timed_out", "reset" or "error:<errno>"
+    failure: str | None = None  # FAILED: "refused", "timed_out", "reset", "aborted" (closed with no error) or "error:<errno>"
     partial: bool = False  # opened before the agent started: counters include earlier traffic
     interval_bytes_sent: int = 0
     interval_bytes_received: int = 0

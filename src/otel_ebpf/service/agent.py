@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 
@@ -33,11 +34,15 @@ from ..processors.redaction import RedactionConfig, RedactionProcessor
 from ..processors.routes import RoutesProcessor
 from ..processors.stitching import StitchingConfig, StitchingProcessor
 from ..receivers.http import HttpReceiver
-from ..telemetry.jsonfile import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
+from ..receivers.tcpflow import TcpFlowReceiver
+from ..records import FlowState, TcpFlow
+from ..telemetry.flows import FlowTelemetry, server_side
+from ..telemetry.jsonfile import FlowJsonLinesExporter, OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from ..telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from ..telemetry.pipeline import TelemetryPipeline
 from ..telemetry.spans import SpanBuilder
 from ..telemetry.summary import RedSummary, SummaryPrinter
+from ..receivers.tcpflow import TcpFlowReceiverConfig
 from .config import ExporterConfig, ServiceConfig
 
 __all__ = ["Agent"]
@@ -76,6 +81,23 @@ def _metric_exporter(cfg: ExporterConfig) -> MetricExporter | None:
     if cfg.type == "file":
         return OtlpJsonFileMetricExporter(Path(cfg.directory) / "metrics.jsonl", max_bytes=cfg.max_bytes,
                                           backups=cfg.backups)
+    return None
+
+
+def _log_exporter(cfg: ExporterConfig) -> LogRecordExporter | None:
+    if cfg.type == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter(**_otlp_kwargs(cfg, grpc=True))
+    if cfg.type == "otlphttp":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+
+        return HttpLogExporter(**_otlp_kwargs(cfg, grpc=False, signal="logs"))
+    if cfg.type == "console":
+        return ConsoleLogRecordExporter()
+    if cfg.type == "file":
+        return FlowJsonLinesExporter(Path(cfg.directory) / "flows.jsonl", max_bytes=cfg.max_bytes,
+                                     backups=cfg.backups)
     return None
 
 
@@ -130,8 +152,11 @@ class Agent:
 
         # Which components are used by which signal.
         span_exporter_names, metric_exporter_names, processor_names, receiver_names = [], [], [], []
+        log_exporter_names: list[str] = []
         for pname, pipe in config.pipelines.items():
-            target = span_exporter_names if pname.startswith("traces") else metric_exporter_names
+            signal = pname.split("/")[0]
+            target = {"traces": span_exporter_names, "metrics": metric_exporter_names,
+                      "logs": log_exporter_names}[signal]
             for e in pipe.exporters:
                 if e not in target:
                     target.append(e)
@@ -160,6 +185,22 @@ class Agent:
             exp = _metric_exporter(config.exporters[name])
             if exp is not None:
                 metric_exporters.append(exp)
+        log_exporters: list[LogRecordExporter] = []
+        flow_summary = False
+        for name in log_exporter_names:
+            cfg = config.exporters[name]
+            if cfg.type == "summary":
+                flow_summary = True
+                if self.summary is None:
+                    self.summary = RedSummary()
+                    self._printer = SummaryPrinter(self.summary, summary_stream or sys.stdout,
+                                                   interval_s=cfg.interval, counters_fn=self._summary_counters)
+                continue
+            exp = _log_exporter(cfg)
+            if exp is not None:
+                log_exporters.append(exp)
+        has_flows = any(isinstance(config.receivers[r], TcpFlowReceiverConfig) for r in receiver_names)
+        self.flow_telemetry = FlowTelemetry() if has_flows else None
 
         processors = []
         stitching: StitchingConfig | None = None
@@ -177,6 +218,8 @@ class Agent:
             metric_exporters=metric_exporters, processors=processors, self_metrics=self.self_metrics,
             metric_interval_s=config.metrics_interval,
             on_exchange=self._on_exchange if self.summary is not None else None,
+            log_exporters=log_exporters, flow_telemetry=self.flow_telemetry,
+            on_flow=self._on_flow if flow_summary else None,
         )
         # receivers -> [stitching] -> pipeline (processors, spans, metrics) -> exporters
         self.stitcher: StitchingProcessor | None = None
@@ -186,9 +229,14 @@ class Agent:
             self.self_metrics.register(self.stitcher.stats)
             head = self.stitcher
         self.head = head  # where receivers deliver (request starts and exchanges)
-        self.receivers: list[HttpReceiver] = []
+        self.receivers: list[HttpReceiver | TcpFlowReceiver] = []
         for name in receiver_names:
             rcfg = config.receivers[name]
+            if isinstance(rcfg, TcpFlowReceiverConfig):
+                flow_receiver = TcpFlowReceiver(rcfg, self.pipeline)
+                self.receivers.append(flow_receiver)
+                self.self_metrics.register(self._flow_counters(flow_receiver))
+                continue
             if pids:
                 rcfg = replace(rcfg, pids=list(pids))
             if ports:
@@ -239,6 +287,31 @@ class Agent:
 
         return counters
 
+    @staticmethod
+    def _flow_counters(receiver: TcpFlowReceiver):
+        names = {
+            "kernel.events": "otel_ebpf.tcpflow.records",
+            "kernel.lost": "otel_ebpf.tcpflow.lost",
+            "kernel.flows_full": "otel_ebpf.tcpflow.table_full",
+            "kernel.decode_errors": "otel_ebpf.tcpflow.decode_errors",
+            "flows": "otel_ebpf.tcpflow.flows",
+            "consumer_errors": "otel_ebpf.tcpflow.consumer_errors",
+        }
+
+        def counters() -> dict[str, int]:
+            stats = receiver.stats()
+            return {metric: stats[key] for key, metric in names.items() if key in stats}
+
+        return counters
+
+    def _on_flow(self, flow: TcpFlow, resource) -> None:
+        address, port = server_side(flow)
+        self.summary.record_flow(
+            str(resource.attributes.get("service.name", flow.comm or "unknown")), f"{address}:{port}",
+            bytes_moved=flow.interval_bytes_sent + flow.interval_bytes_received,
+            retransmits=flow.interval_retransmits, srtt_s=flow.srtt_us / 1e6,
+            failed=flow.state is FlowState.FAILED, closed=flow.state is FlowState.CLOSED)
+
     def _summary_counters(self) -> dict[str, int]:
         snap = self.self_metrics.snapshot()
         keep = ("otel_ebpf.ringbuf.events", "otel_ebpf.ringbuf.lost", "otel_ebpf.exchanges",
@@ -259,7 +332,7 @@ class Agent:
                 return
             self._started = True
         self.pipeline.start()
-        started: list[HttpReceiver] = []
+        started: list = []
         try:
             for r in self.receivers:
                 r.start()

@@ -24,6 +24,7 @@ from ..processors.redaction import RedactionConfig
 from ..processors.routes import RoutesConfig
 from ..processors.stitching import StitchingConfig
 from ..receivers.http.config import HttpReceiverConfig
+from ..receivers.tcpflow.config import TcpFlowReceiverConfig
 
 __all__ = ["ConfigError", "ServiceConfig", "ExporterConfig", "PipelineConfig", "parse_duration"]
 
@@ -54,6 +55,7 @@ def parse_duration(value: Any, key: str) -> float:
 
 
 EXPORTER_TYPES = ("otlp", "otlphttp", "console", "file", "summary")
+RECEIVER_TYPES = ("http", "tcpflow")
 
 
 @dataclass
@@ -106,7 +108,7 @@ class PipelineConfig:
 
 @dataclass
 class ServiceConfig:
-    receivers: dict[str, HttpReceiverConfig]
+    receivers: dict[str, HttpReceiverConfig | TcpFlowReceiverConfig]
     processors: dict[str, Any]  # name -> RedactionConfig | RoutesConfig | StitchingConfig
     exporters: dict[str, ExporterConfig]
     pipelines: dict[str, PipelineConfig]
@@ -140,9 +142,12 @@ class ServiceConfig:
         for name, body in _mapping(data.get("receivers"), "receivers").items():
             key = f"receivers.{name}"
             body = dict(_mapping(body, key))
-            if "idle_timeout" in body:
-                body["idle_timeout"] = parse_duration(body["idle_timeout"], f"{key}.idle_timeout")
-            receivers[name] = _component(HttpReceiverConfig, _type_of(name, key, ("http",)), body, key)
+            rtype = _type_of(name, key, RECEIVER_TYPES)
+            for dkey in ("idle_timeout", "flow_interval"):
+                if dkey in body:
+                    body[dkey] = parse_duration(body[dkey], f"{key}.{dkey}")
+            klass = HttpReceiverConfig if rtype == "http" else TcpFlowReceiverConfig
+            receivers[name] = _component(klass, rtype, body, key)
         processors = {}
         for name, body in _mapping(data.get("processors"), "processors").items():
             ptype = _type_of(name, f"processors.{name}", ("redaction", "routes", "stitching"))
@@ -165,8 +170,8 @@ class ServiceConfig:
         pipelines = {}
         for pname, body in _mapping(service.get("pipelines"), "service.pipelines").items():
             key = f"service.pipelines.{pname}"
-            if pname.split("/")[0] not in ("traces", "metrics"):
-                raise ConfigError(f"{key}: pipeline type must be traces or metrics")
+            if pname.split("/")[0] not in ("traces", "metrics", "logs"):
+                raise ConfigError(f"{key}: pipeline type must be traces, metrics or logs")
             body = _mapping(body, key)
             unknown = set(body) - {"receivers", "processors", "exporters"}
             if unknown:
@@ -176,9 +181,16 @@ class ServiceConfig:
                 processors=_names(body.get("processors"), f"{key}.processors", processors),
                 exporters=_names(body.get("exporters"), f"{key}.exporters", exporters, required=True),
             )
+            signal = pname.split("/")[0]
+            kinds = {"http": {"traces", "metrics"}, "tcpflow": {"metrics", "logs"}}
+            for r in pipe.receivers:
+                rtype = "http" if isinstance(receivers[r], HttpReceiverConfig) else "tcpflow"
+                if signal not in kinds[rtype]:
+                    raise ConfigError(f"{key}.receivers: {r} ({rtype}) produces no {signal} "
+                                      f"(it feeds {' and '.join(sorted(kinds[rtype]))} pipelines)")
             pipelines[pname] = pipe
         if not pipelines:
-            raise ConfigError("service.pipelines: define at least one pipeline (traces or metrics)")
+            raise ConfigError("service.pipelines: define at least one pipeline (traces, metrics or logs)")
         interval = parse_duration(service.get("metrics_interval", 10.0), "service.metrics_interval")
         if interval <= 0:
             raise ConfigError("service.metrics_interval: must be positive")
@@ -193,12 +205,12 @@ class ServiceConfig:
         over OTEL_EXPORTER_OTLP_PROTOCOL (grpc or http/protobuf, the default).
         """
         body: dict[str, Any] = {
-            "receivers": {"http": {}},
+            "receivers": {"http": {}, "tcpflow": {}},
             "processors": {"stitching": {}, "redaction": {}, "routes": {}},
             "exporters": {"file": {"directory": DEFAULT_DATA_DIR}, "summary": {}},
         }
-        signal_exporters = {"traces": ["file", "summary"], "metrics": ["file"]}
-        for signal, upper in (("traces", "TRACES"), ("metrics", "METRICS")):
+        signal_exporters = {"traces": ["file", "summary"], "metrics": ["file"], "logs": ["file", "summary"]}
+        for signal, upper in (("traces", "TRACES"), ("metrics", "METRICS"), ("logs", "LOGS")):
             if not (environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
                 continue
             var = f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"
@@ -210,9 +222,11 @@ class ServiceConfig:
             etype = "otlp" if proto == "grpc" else "otlphttp"
             body["exporters"][etype] = {}
             signal_exporters[signal].append(etype)
+        receivers = {"traces": ["http"], "metrics": ["http", "tcpflow"], "logs": ["tcpflow"]}
         body["service"] = {
             "pipelines": {
-                signal: {"receivers": ["http"], "processors": ["stitching", "redaction", "routes"], "exporters": names}
+                signal: {"receivers": receivers[signal], "processors": ["stitching", "redaction", "routes"],
+                         "exporters": names}
                 for signal, names in signal_exporters.items()
             }
         }
@@ -244,7 +258,7 @@ def _component(klass, ctype: str, body: Any, key: str):
             raise ConfigError(f"{key}.{k}: unknown setting for {ctype} (known: {', '.join(sorted(known))})")
     try:
         cfg = klass(**body)
-        if klass in (HttpReceiverConfig, ExporterConfig, StitchingConfig):
+        if klass in (HttpReceiverConfig, TcpFlowReceiverConfig, ExporterConfig, StitchingConfig):
             cfg.validate(key)
         else:
             cfg.validate()

@@ -24,7 +24,7 @@ from otel_ebpf.protocols.dns import DnsLookup
 from otel_ebpf.records import Connection
 from otel_ebpf.telemetry.semantics import HttpSemantics
 
-__all__ = ["DNS_LOOKUP_DURATION", "DNS_BUCKETS", "DnsContext", "describe_dns"]
+__all__ = ["DNS_BUCKETS", "DNS_LOOKUP_DURATION", "DnsContext", "describe_dns"]
 
 DNS_LOOKUP_DURATION = "dns.lookup.duration"
 DNS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -422,3 +422,51 @@ class OtlpJsonFileLogExporter(LogRecordExporter):
 
     def shutdown(self) -> None:
         self._writer.shutdown()
+
+
+class FlowJsonLinesExporter(LogRecordExporter):
+    """Writes each log record as one flat JSON object per line: ``time_unix_nano``, the event
+    name, ``service.name`` of its Resource, then its attributes (``jq``-friendly flow logs).
+    Never raises: a failed write returns FAILURE and is counted in ``failed_exports``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 backups: int = DEFAULT_BACKUPS) -> None:
+        self._file = _RotatingFile(path, max_bytes=max_bytes, backups=backups)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self.failed_exports = 0
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        if self._shutdown:
+            return LogRecordExportResult.FAILURE
+        try:
+            lines = []
+            for item in batch:
+                record = item.log_record
+                obj: dict[str, Any] = {"time_unix_nano": record.timestamp, "event": record.event_name,
+                                       "service.name": item.resource.attributes.get("service.name")}
+                for key, value in (record.attributes or {}).items():
+                    obj[key] = list(value) if isinstance(value, tuple) else value
+                lines.append(json.dumps(obj, separators=(",", ":")) + "\n")
+            with self._lock:
+                for line in lines:
+                    self._file.write_line(line.encode("utf-8", "replace"))
+                self._file.flush()
+        except Exception:  # noqa: BLE001 - exporters must not raise
+            self.failed_exports += 1
+            _logger.warning("writing flow logs to %s failed", self.path, exc_info=True)
+            return LogRecordExportResult.FAILURE
+        return LogRecordExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            with self._lock:
+                self._file.close()

@@ -267,6 +267,7 @@ class HttpMetricsAggregator:
         self._bounds = bounds
         self._max_series = max_series
         self._self_metrics = self_metrics
+        self._sources: list = []
         self._agent_resource = agent_resource
         self._overflow_enabled = overflow_series
         self._ttl_s = series_ttl_s
@@ -311,6 +312,10 @@ class HttpMetricsAggregator:
         for metric in metrics:
             spec = _METRICS[metric]
             self._record_one(metric, seconds * spec.scale, spec.bounds or self._bounds, resource, attributes)
+
+    def add_source(self, source) -> None:
+        """Also collect ``source(now_ns) -> [(Resource, [Metric, ...]), ...]`` (e.g. flow metrics)."""
+        self._sources.append(source)
 
     def record_duration(self, metric: str, start_ns: int, end_ns: int, resource: Resource,
                         attributes: Mapping[str, Any]) -> None:
@@ -398,6 +403,13 @@ class HttpMetricsAggregator:
             self.expired += expired
         if expired and self._self_metrics is not None:
             self._self_metrics.add(_EXPIRED, expired)
+        for source in self._sources:
+            try:
+                for resource, metrics in source(now):
+                    by_resource.setdefault(resource, []).extend(metrics)
+            except Exception:  # a broken source must not cost the other metrics
+                if self._self_metrics is not None:
+                    self._self_metrics.add(_CALLBACK_ERRORS)
         if self._self_metrics is not None and self._agent_resource is not None:
             own = self._self_metrics.to_metrics(now)
             if own:

@@ -52,13 +52,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_ebpf.protocols.dns import DnsLookup
-from otel_ebpf.records import Exchange
+from otel_ebpf.records import Exchange, FlowState, TcpFlow
 from otel_ebpf.telemetry.dns import DNS_LOOKUP_DURATION, DnsContext, describe_dns
+from otel_ebpf.telemetry.flows import FlowTelemetry, flow_log_attributes
 from otel_ebpf.telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from otel_ebpf.telemetry.semantics import describe
 from otel_ebpf.telemetry.spans import SpanBuilder
@@ -76,10 +81,20 @@ EXPORT_FAILED = "otel_ebpf.export.failed"
 EXPORT_SPANS = "otel_ebpf.export.spans"
 EXPORT_DROPPED = "otel_ebpf.export.dropped_spans"
 CALLBACK_ERRORS = "otel_ebpf.pipeline.callback_errors"
+FLOWS = "otel_ebpf.flows"
+EXPORT_LOGS = "otel_ebpf.export.logs"
+DROPPED_FLOW_LOGS = "otel_ebpf.export.dropped_flow_logs"
 
 
 class ExchangeProcessor(Protocol):
     def process(self, exchange: Exchange) -> Exchange | None: ...
+
+
+class _LogBatch:
+    __slots__ = ("records",)
+
+    def __init__(self, records: list) -> None:
+        self.records = records
 
 
 class _Flush:
@@ -110,6 +125,10 @@ class TelemetryPipeline:
         metric_interval_s: float = 10.0,
         export_timeout_s: float = 10.0,
         on_exchange: Callable[[Exchange, ReadableSpan], None] | None = None,
+        log_exporters: Sequence[LogRecordExporter] = (),
+        flow_telemetry: FlowTelemetry | None = None,
+        flow_log_delay_s: float = 1.0,
+        on_flow: Callable[[TcpFlow, Resource], None] | None = None,
     ) -> None:
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be positive")
@@ -125,6 +144,16 @@ class TelemetryPipeline:
         self._metric_interval = metric_interval_s
         self._export_timeout_s = export_timeout_s
         self._on_exchange = on_exchange
+        self._log_exporters = list(log_exporters)
+        self._flows = flow_telemetry
+        if flow_telemetry is not None:
+            metrics_aggregator.add_source(flow_telemetry.collect)
+        self._flow_log_delay = flow_log_delay_s
+        self._on_flow = on_flow
+        # Flow records wait a moment before their log record is made: the exchanges of the same
+        # connection come from another receiver thread and may be a poll interval behind.
+        self._pending_flows: collections.deque[tuple[float, TcpFlow, Resource]] = collections.deque()
+        self._log_batch: list[ReadableLogRecord] = []
 
         self._queue: collections.deque[Any] = collections.deque()
         self._wakeup = threading.Event()
@@ -219,7 +248,9 @@ class TelemetryPipeline:
             except IndexError:
                 item = None
             if item is None:
-                if self._batch and time.monotonic() - self._batch_started >= self._delay:
+                if self._pending_flows:
+                    self._release_flows(final=False)
+                if (self._batch or self._log_batch) and time.monotonic() - self._batch_started >= self._delay:
                     self._hand_over()
                 self._wakeup.clear()
                 if queue:
@@ -230,16 +261,22 @@ class TelemetryPipeline:
                 self._wakeup.wait(timeout)
                 continue
             if isinstance(item, _Flush):
+                self._release_flows(final=True)
                 self._hand_over()
                 self._enqueue_export(item)
                 if item.final:
                     return
                 continue
-            if type(item) is DnsLookup:
+            kind = type(item)
+            if kind is TcpFlow:
+                self._handle_flow(item)
+            elif kind is DnsLookup:
                 self._handle_dns(item)
             else:
                 self._handle(item)
-            if len(self._batch) >= self._max_batch:
+            if self._pending_flows:
+                self._release_flows(final=False)
+            if len(self._batch) >= self._max_batch or len(self._log_batch) >= self._max_batch:
                 self._hand_over()
 
     def _handle(self, exchange: Exchange) -> None:
@@ -256,6 +293,8 @@ class TelemetryPipeline:
             self._self.add(ERRORS)
             _logger.debug("dropping an exchange that failed in the pipeline", exc_info=True)
             return
+        if self._flows is not None:
+            self._flows.note_span(exchange.connection.sock_id, span.context.trace_id)
         if span.context.trace_flags.sampled:
             if not self._batch:
                 self._batch_started = time.monotonic()
@@ -289,7 +328,52 @@ class TelemetryPipeline:
             self._batch_started = time.monotonic()
         self._batch.append(span)
 
+    def consume_flow(self, flow: TcpFlow) -> None:
+        """Queue one TCP flow record (same queue, bounds and drop counting as exchanges)."""
+        self.consume(flow)  # type: ignore[arg-type]
+
+    def _handle_flow(self, flow: TcpFlow) -> None:
+        try:
+            resource = self._builder.resource_for(flow.pid)
+            if self._flows is not None:
+                self._flows.record(flow, resource)
+        except Exception:
+            self._self.add(ERRORS)
+            _logger.debug("dropping a flow that failed in the pipeline", exc_info=True)
+            return
+        self._self.add(FLOWS)
+        if self._on_flow is not None:
+            try:
+                self._on_flow(flow, resource)
+            except Exception:
+                self._self.add(CALLBACK_ERRORS)
+        if self._log_exporters:
+            self._pending_flows.append((time.monotonic(), flow, resource))
+            if len(self._pending_flows) > self._max_queue:
+                self._pending_flows.popleft()
+                self._self.add(DROPPED_FLOW_LOGS)
+
+    def _release_flows(self, *, final: bool) -> None:
+        """Flow log records for flows that waited long enough (all of them when ``final``)."""
+        pending = self._pending_flows
+        limit = time.monotonic() - self._flow_log_delay
+        while pending and (final or pending[0][0] <= limit):
+            _, flow, resource = pending.popleft()
+            done = flow.state is not FlowState.ACTIVE
+            trace_ids = self._flows.take_trace_ids(flow.flow_id, final=done) if self._flows is not None else []
+            record = LogRecord(
+                timestamp=flow.end_ns, observed_timestamp=time.time_ns(), severity_text="INFO",
+                severity_number=SeverityNumber.INFO, body=f"tcp flow {flow.state.value}",
+                attributes=flow_log_attributes(flow, trace_ids), event_name="otel_ebpf.tcp.flow",
+            )
+            if not self._batch and not self._log_batch:
+                self._batch_started = time.monotonic()
+            self._log_batch.append(ReadableLogRecord(record, resource, self._builder.instrumentation_scope))
+
     def _hand_over(self) -> None:
+        if self._log_batch:
+            logs, self._log_batch = self._log_batch, []
+            self._enqueue_export(_LogBatch(logs))
         if not self._batch:
             return
         batch, self._batch = self._batch, []
@@ -332,7 +416,22 @@ class TelemetryPipeline:
                 if item.final:
                     return
                 continue
+            if type(item) is _LogBatch:
+                self._export_logs(item.records)
+                continue
             self._export_spans(item)
+
+    def _export_logs(self, records: list[ReadableLogRecord]) -> None:
+        for exporter in self._log_exporters:
+            try:
+                result = exporter.export(records)
+            except Exception:
+                result = None
+                _logger.debug("log exporter %r raised", exporter, exc_info=True)
+            if result is LogRecordExportResult.SUCCESS:
+                self._self.add(EXPORT_LOGS, len(records), {"exporter": type(exporter).__name__})
+            else:
+                self._self.add(EXPORT_FAILED, 1, {"exporter": type(exporter).__name__, "signal": "logs"})
 
     def _export_spans(self, batch: list[ReadableSpan]) -> None:
         for exporter in self._span_exporters:
@@ -369,14 +468,14 @@ class TelemetryPipeline:
 
     def _flush_exporters(self) -> None:
         timeout_ms = int(self._export_timeout_s * 1000)
-        for exporter in [*self._span_exporters, *self._metric_exporters]:
+        for exporter in [*self._span_exporters, *self._metric_exporters, *self._log_exporters]:
             try:
                 exporter.force_flush(timeout_ms)
             except Exception:
                 _logger.debug("force_flush of %r raised", exporter, exc_info=True)
 
     def _shutdown_exporters(self) -> None:
-        for exporter in [*self._span_exporters, *self._metric_exporters]:
+        for exporter in [*self._span_exporters, *self._metric_exporters, *self._log_exporters]:
             try:
                 exporter.shutdown()
             except Exception:
@@ -393,16 +492,25 @@ class TelemetryPipeline:
             if isinstance(item, _Flush):
                 item.done.set()
                 continue
-            if type(item) is DnsLookup:
+            kind = type(item)
+            if kind is TcpFlow:
+                self._handle_flow(item)
+            elif kind is DnsLookup:
                 self._handle_dns(item)
             else:
                 self._handle(item)
+            if self._pending_flows:
+                self._release_flows(final=False)
             if len(self._batch) >= self._max_batch:
                 batch, self._batch = self._batch, []
                 self._export_spans(batch)
+        self._release_flows(final=True)
         if self._batch:
             batch, self._batch = self._batch, []
             self._export_spans(batch)
+        if self._log_batch:
+            logs, self._log_batch = self._log_batch, []
+            self._export_logs(logs)
         self._export_metrics()
         if not final:
             self._flush_exporters()

@@ -162,6 +162,7 @@ class RedSummary:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         self._services: set[str] = set()
+        self._network: dict[tuple[str, str], list] = {}  # (service, peer) -> totals, see record_flow
         self.folded_records = 0
         """Records counted under ``(other)`` because ``max_services`` distinct services were already seen."""
 
@@ -254,7 +255,45 @@ class RedSummary:
             lines.append(f"... {len(rows) - len(shown)} more rows")
         if not rows:
             lines.append("(no HTTP exchanges seen yet)")
+        lines.extend(self._render_network(max_rows))
         return "\n".join(lines)
+
+    def record_flow(self, service: str, peer: str, *, bytes_moved: int, retransmits: int, srtt_s: float,
+                    failed: bool, closed: bool) -> None:
+        """Add one TCP flow record to the NETWORK table (totals per service and peer since start)."""
+        key = (service, peer)
+        with self._lock:
+            row = self._network.get(key)
+            if row is None:
+                if len(self._network) >= self.max_services:
+                    key = (OTHER_SERVICE, "")
+                    row = self._network.get(key)
+                if row is None:
+                    row = self._network[key] = [0, 0, 0, 0, 0.0, 0]  # conns, failed, retrans, bytes, rtt sum, n
+            row[0] += 1 if closed else 0
+            row[1] += 1 if failed else 0
+            row[2] += retransmits
+            row[3] += bytes_moved
+            if srtt_s > 0:
+                row[4] += srtt_s
+                row[5] += 1
+
+    def _render_network(self, max_rows: int | None) -> list[str]:
+        with self._lock:
+            rows = sorted(((k, list(v)) for k, v in self._network.items()), key=lambda kv: (-kv[1][2], -kv[1][3]))
+        if not rows:
+            return []
+        width = min(max([len("SERVICE"), *(len(k[0]) for k, _ in rows)]), _SERVICE_COLUMN_MAX)
+        lines = ["", f"{'SERVICE':<{width}}  {'PEER (server side)':<22}  {'CONNS':>7}  {'FAILED':>6}"
+                     f"  {'RETRANS':>8}  {'RTTms':>8}  {'BYTES':>10}"]
+        limit = len(rows) if max_rows is None else max(1, max_rows // 3)
+        for (service, peer), (conns, failed, retrans, moved, rtt_sum, n) in rows[:limit]:
+            rtt = _ms(rtt_sum / n) if n else "-"
+            lines.append(f"{_fit(service, width):<{width}}  {_fit(peer, 22):<22}  {conns:>7}  {failed:>6}"
+                         f"  {retrans:>8}  {rtt:>8}  {moved:>10}")
+        if limit < len(rows):
+            lines.append(f"... {len(rows) - limit} more peers")
+        return lines
 
 
 def _fit(text: str, width: int) -> str:

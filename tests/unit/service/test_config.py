@@ -11,6 +11,7 @@ import yaml
 from otel_ebpf.processors.redaction import RedactionConfig
 from otel_ebpf.processors.routes import RoutesConfig
 from otel_ebpf.receivers.http.config import HttpReceiverConfig
+from otel_ebpf.receivers.tcpflow.config import TcpFlowReceiverConfig
 from otel_ebpf.service.config import (
     DEFAULT_DATA_DIR,
     ConfigError,
@@ -221,8 +222,10 @@ ERRORS = {
     "named-exporter-setting": ({"exporters.otlp/secondary": {"compression": "br"}},
                                "exporters.otlp/secondary.compression"),
     # pipelines
-    "pipeline-type": ({"service.pipelines.logs": {"receivers": ["http"], "exporters": ["console"]}},
-                      "service.pipelines.logs"),
+    "pipeline-type": ({"service.pipelines.profiles": {"receivers": ["http"], "exporters": ["console"]}},
+                      "service.pipelines.profiles"),
+    "logs-from-http": ({"service.pipelines.logs": {"receivers": ["http"], "exporters": ["console"]}},
+                       "service.pipelines.logs.receivers"),
     "pipeline-type-with-name": ({"service.pipelines.profiles/x": {"receivers": ["http"], "exporters": ["console"]}},
                                 "service.pipelines.profiles/x"),
     "undefined-exporter": ({"service.pipelines.traces.exporters": ["console", "jaeger"]},
@@ -307,12 +310,14 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_its_yaml_key(changes, key)
 def test_the_embedded_default_without_an_otlp_endpoint_writes_files_and_the_summary():
     cfg = ServiceConfig.embedded_default(environ={})
 
-    assert cfg.receivers == {"http": HttpReceiverConfig()}
+    assert cfg.receivers == {"http": HttpReceiverConfig(), "tcpflow": TcpFlowReceiverConfig()}
     assert set(cfg.processors) == {"stitching", "redaction", "routes"}
     assert {name: e.type for name, e in cfg.exporters.items()} == {"file": "file", "summary": "summary"}
     assert cfg.exporters["file"].directory == DEFAULT_DATA_DIR
     assert cfg.pipelines["traces"].exporters == ["file", "summary"]
     assert cfg.pipelines["metrics"].exporters == ["file"]
+    assert cfg.pipelines["logs"].exporters == ["file", "summary"]  # flow logs; the summary's NETWORK table
+    assert cfg.pipelines["metrics"].receivers == ["http", "tcpflow"] and cfg.pipelines["logs"].receivers == ["tcpflow"]
     assert cfg.pipelines["traces"].processors == cfg.pipelines["metrics"].processors == ["stitching", "redaction", "routes"]
 
 
@@ -341,6 +346,7 @@ def test_an_otlp_endpoint_in_the_environment_adds_the_exporter_of_its_protocol(e
     assert cfg.exporters[exporter].endpoint is None  # the SDK exporter reads the OTEL_* variables itself
     assert cfg.pipelines["traces"].exporters == ["file", "summary", exporter]
     assert cfg.pipelines["metrics"].exporters == ["file", exporter]
+    assert cfg.pipelines["logs"].exporters == ["file", "summary", exporter]
 
 
 def test_a_per_signal_endpoint_adds_the_exporter_to_that_signal_only():
