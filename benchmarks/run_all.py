@@ -6,6 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script, args in (("bench_http1_parser.py", []), ("bench_pipeline.py", []), ("bench_overhead.py", [])):
+for script, args in (("bench_http1_parser.py", []), ("bench_pipeline.py", []), ("bench_overhead.py", []),
+                     ("bench_flows.py", [])):
     print(f"\n##### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -62,7 +62,8 @@ def error_of(data: dict) -> str:
 def test_the_example_config_loads_with_every_setting_it_spells_out():
     cfg = ServiceConfig.from_yaml_file(EXAMPLE)
 
-    assert cfg.receivers == {"http": HttpReceiverConfig(max_capture_bytes=4096, ports=[], pids=[], idle_timeout=300.0)}
+    assert cfg.receivers == {"http": HttpReceiverConfig(max_capture_bytes=4096, ports=[], pids=[], idle_timeout=300.0),
+                             "tcpflow": TcpFlowReceiverConfig(flow_interval=15.0)}
     assert isinstance(cfg.processors["redaction"], RedactionConfig)
     assert cfg.processors["redaction"].extra_headers == ["x-api-key"]
     assert cfg.processors["routes"] == RoutesConfig(patterns=["/users/{id}", "/api/v1/items/{item_id}/tags"])
@@ -77,7 +78,9 @@ def test_the_example_config_loads_with_every_setting_it_spells_out():
     assert cfg.pipelines == {
         "traces": PipelineConfig(receivers=["http"], processors=["stitching", "redaction", "routes"],
                                  exporters=["otlp", "file", "summary"]),
-        "metrics": PipelineConfig(receivers=["http"], processors=["stitching", "redaction", "routes"], exporters=["otlp", "file"]),
+        "metrics": PipelineConfig(receivers=["http", "tcpflow"], processors=["stitching", "redaction", "routes"],
+                                  exporters=["otlp", "file"]),
+        "logs": PipelineConfig(receivers=["tcpflow"], processors=[], exporters=["otlp", "file", "summary"]),
     }
 
 
