@@ -137,9 +137,10 @@ _ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), 
           "direction": (Direction, "DIR_"), "conn_role": (Role, "ROLE_")}
 
 
-def check_enums(info: BpfObjectInfo) -> None:
-    """Raise BtfError when a Python enum disagrees with the object's C enum."""
-    for c_name, (py_enum, prefix) in _ENUMS.items():
+def check_enums(info: BpfObjectInfo, enums: dict | None = None) -> None:
+    """Raise BtfError when a Python enum disagrees with the object's C enum. ``enums`` maps C enum
+    names to (Python enum, prefix of the C names); default: sockdata's."""
+    for c_name, (py_enum, prefix) in (_ENUMS if enums is None else enums).items():
         c_values = {k[len(prefix):]: v for k, v in info.btf.enum(c_name).items() if k != prefix + "MAX"}
         py_values = {m.name: m.value for m in py_enum}
         if c_values != py_values:
@@ -149,7 +150,8 @@ def check_enums(info: BpfObjectInfo) -> None:
 _addr_cache: dict[tuple[int, bytes], str] = {}
 
 
-def _addr(family: int, raw: bytes) -> str:
+def format_address(family: int, raw: bytes) -> str:
+    """Text of a 16-byte kernel address (IPv4 in the first 4 bytes; IPv4-mapped IPv6 as IPv4). Cached."""
     key = (family, raw)
     text = _addr_cache.get(key)
     if text is None:
@@ -191,15 +193,15 @@ class SockDataCodec:
                     captured = ext_offset
                 return SockDataEvent(
                     tgid, tid, fd, ts_enter, ts_exit, sock_id, length, Direction(direction), Role(role),
-                    Syscall(syscall), 4 if family == socket.AF_INET else 6, _addr(family, saddr), sport,
-                    _addr(family, daddr), dport, rec[start : start + captured], segments, proto, retrans, srtt,
+                    Syscall(syscall), 4 if family == socket.AF_INET else 6, format_address(family, saddr), sport,
+                    format_address(family, daddr), dport, rec[start : start + captured], segments, proto, retrans, srtt,
                 )
             if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
                 (t, tgid, tid, fd, ts, sock_id, role, saddr, daddr, sport, dport, family,
                  comm) = self._conn.unpack_from(rec, 0)
                 return ConnEvent(
                     EventType(t), tgid, tid, fd, ts, sock_id, Role(role), 4 if family == socket.AF_INET else 6,
-                    _addr(family, saddr), sport, _addr(family, daddr), dport,
+                    format_address(family, saddr), sport, format_address(family, daddr), dport,
                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                 )
         except (ValueError, IndexError, OSError, struct.error):

@@ -39,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..records import FlowState, Role, TcpFlow
-from .btf import BpfObjectInfo, BtfError
+from .btf import BpfObjectInfo
 from .clock import MonotonicClock
+from .events import check_enums as check_event_enums
+from .events import format_address
 from .libbpf import BpfError, BpfObject
 from .preflight import TRACEFS, PreflightError, preflight
 from .ringbuf import RingBufReader
@@ -99,12 +101,8 @@ _ENUMS = {
 
 
 def check_enums(info: BpfObjectInfo) -> None:
-    """Raise BtfError when a Python enum disagrees with the object's C enum."""
-    for c_name, (py_enum, prefix) in _ENUMS.items():
-        c_values = {k[len(prefix):]: v for k, v in info.btf.enum(c_name).items() if k != prefix + "MAX"}
-        py_values = {m.name: m.value for m in py_enum}
-        if c_values != py_values:
-            raise BtfError(f"enum {c_name} in the BPF object {c_values} differs from {py_enum.__name__} {py_values}")
+    """Raise BtfError when a Python enum disagrees with the tcpflow object's C enum."""
+    check_event_enums(info, _ENUMS)
 
 
 @dataclass(slots=True)
@@ -148,25 +146,6 @@ _FIELDS = [
     "tuple.saddr", "tuple.daddr", "tuple.sport", "tuple.dport", "tuple.family", "comm",
 ]
 
-_addr_cache: dict[tuple[int, bytes], str] = {}
-
-
-def _addr(family: int, raw: bytes) -> str:
-    key = (family, raw)
-    text = _addr_cache.get(key)
-    if text is None:
-        if family == socket.AF_INET:
-            text = socket.inet_ntop(socket.AF_INET, raw[:4])
-        else:
-            text = socket.inet_ntop(socket.AF_INET6, raw)
-            if text.startswith("::ffff:") and "." in text:
-                text = text[7:]  # IPv4-mapped (dual-stack socket): report the IPv4 address, as sockdata does
-        if len(_addr_cache) > 4096:
-            _addr_cache.clear()
-        _addr_cache[key] = text
-    return text
-
-
 class TcpFlowCodec:
     """Decodes tcpflow ring-buffer records; the layout comes from the object's BTF."""
 
@@ -185,7 +164,7 @@ class TcpFlowCodec:
                     KernelFlowState(state), flow_id, pid, cgroup_id, ts_start, ts, sent, received, base_sent,
                     base_received, base_retrans, segs_out, segs_in, retrans, srtt, min_rtt, rst_sent, rst_received,
                     sk_err, Role(role), bool(partial), tcp_state, 4 if family == socket.AF_INET else 6,
-                    _addr(family, saddr), sport, _addr(family, daddr), dport,
+                    format_address(family, saddr), sport, format_address(family, daddr), dport,
                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                 )
         except (ValueError, IndexError, OSError, struct.error):
