@@ -53,3 +53,25 @@ def test_found_and_nxdomain_names_become_dns_spans_with_the_right_response_code(
     assert m.attributes["error.type"] == "host_not_found" and m.status_code == 2
     assert metrics[0].unit == "s"
     assert all("dns.question.name" not in point["attributes"] for point in metrics[0].data_points)
+
+
+def test_dns_over_tcp_is_reassembled_from_its_length_prefixed_messages():
+    with OtlpReceiver() as otlp, NetNamespace() as ns, \
+            DnsServer(ns, records={"tcp.test": "10.231.255.9"}) as _dns:
+        cfg = ServiceConfig.from_dict({
+            "receivers": {"http": {"poll_interval_ms": 20}},
+            "exporters": {"otlp": {"endpoint": otlp.grpc_endpoint}},
+            "service": {"pipelines": {"traces": {"receivers": ["http"], "exporters": ["otlp"]}}},
+        })
+        agent = Agent(cfg, environ={})
+        agent.start()
+        try:
+            out = ns.run(["dig", "+tcp", "+tries=1", "@127.0.0.1", "tcp.test", "A"]).stdout
+            assert "10.231.255.9" in out
+            (span,) = otlp.wait_for_spans(1, timeout=30, where=lambda s: s.attributes.get("dns.question.name")
+                                          == "tcp.test")
+        finally:
+            agent.shutdown()
+    assert span.attributes["network.transport"] == "tcp"
+    assert span.attributes["otel_ebpf.dns.response_code"] == "NOERROR"
+    assert list(span.attributes["dns.answers"]) == ["10.231.255.9"]
