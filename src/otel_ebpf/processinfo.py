@@ -118,6 +118,7 @@ class ProcessInfo:
     otel_resource_attributes: dict[str, str] = field(default_factory=dict)
     executable_path: str | None = None
     alive: bool = True
+    service_name_set: bool = False  # the process set it (OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES)
 
 
 def parse_resource_attributes(value: str | None) -> dict[str, str]:
@@ -406,6 +407,7 @@ class ProcessInfoCache:
         env = self._read_environ(base)
         resource_attrs = parse_resource_attributes(env.get(_OTEL_RESOURCE_ATTRIBUTES))
         service_name = (env.get(_OTEL_SERVICE_NAME) or "").strip() or resource_attrs.get(_SERVICE_NAME_KEY) or ""
+        service_name_set = bool(service_name)
         if not service_name:
             service_name = infer_service_name(executable_name, argv) if argv else (comm or executable_name)
         return ProcessInfo(
@@ -415,6 +417,7 @@ class ProcessInfoCache:
             service_name=service_name,
             otel_resource_attributes=resource_attrs,
             executable_path=exe_path,
+            service_name_set=service_name_set,
         )
 
     @staticmethod

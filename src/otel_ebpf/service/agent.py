@@ -42,7 +42,10 @@ from ..telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from ..telemetry.pipeline import TelemetryPipeline
 from ..telemetry.spans import SpanBuilder
 from ..telemetry.summary import RedSummary, SummaryPrinter
+from ..kube.enrich import KubeEnricher, peer_attributes
+from ..kube.metadata import KubeConfig, KubeMetadata
 from ..receivers.tcpflow import TcpFlowReceiverConfig
+from ..telemetry.servicegraph import ServiceGraph, ServiceGraphConfig
 from .config import ExporterConfig, ServiceConfig
 
 __all__ = ["Agent"]
@@ -139,8 +142,11 @@ class Agent:
         environ: dict[str, str] | None = None,
         summary_stream: TextIO | None = None,
         record_path: str | None = None,
+        kube_api_client=None,
+        kube_sync_timeout_s: float = 15.0,
     ):
         self.config = config
+        self.kube_sync_timeout_s = kube_sync_timeout_s
         environ = dict(os.environ if environ is None else environ)
         self.self_metrics = SelfMetrics()
         self.process_info = ProcessInfoCache()
@@ -200,19 +206,33 @@ class Agent:
             if exp is not None:
                 log_exporters.append(exp)
         has_flows = any(isinstance(config.receivers[r], TcpFlowReceiverConfig) for r in receiver_names)
-        self.flow_telemetry = FlowTelemetry() if has_flows else None
+        self.flow_telemetry = None
 
         processors = []
         stitching: StitchingConfig | None = None
+        self.kube: KubeMetadata | None = None
+        self.kube_enricher: KubeEnricher | None = None
+        self.service_graph: ServiceGraph | None = None
         for name in processor_names:
             pcfg = config.processors[name]
-            if isinstance(pcfg, StitchingConfig):
+            if isinstance(pcfg, KubeConfig):
+                self.kube = KubeMetadata(pcfg, api_client=kube_api_client)
+                self.kube_enricher = KubeEnricher(self.kube)
+                self.kube_enricher.on_change = self.span_builder.invalidate_resources
+                self.span_builder.resource_enricher = self.kube_enricher.resource_attributes
+                self.self_metrics.register(self._kube_counters)
+            elif isinstance(pcfg, ServiceGraphConfig):
+                self.service_graph = ServiceGraph(resource=self.span_builder.agent_resource, wait_s=pcfg.wait)
+            elif isinstance(pcfg, StitchingConfig):
                 stitching = pcfg  # a stage in front of the pipeline (it needs request starts), not a per-exchange step
             elif isinstance(pcfg, RedactionConfig):
                 processors.append(RedactionProcessor(pcfg))
             else:
                 processors.append(RoutesProcessor(pcfg))
 
+        enricher = self.kube_enricher
+        if has_flows:
+            self.flow_telemetry = FlowTelemetry(peer=self._flow_peer if enricher is not None else None)
         self.pipeline = TelemetryPipeline(
             span_builder=self.span_builder, metrics_aggregator=self.aggregator, span_exporters=span_exporters,
             metric_exporters=metric_exporters, processors=processors, self_metrics=self.self_metrics,
@@ -220,6 +240,9 @@ class Agent:
             on_exchange=self._on_exchange if self.summary is not None else None,
             log_exporters=log_exporters, flow_telemetry=self.flow_telemetry,
             on_flow=self._on_flow if flow_summary else None,
+            exchange_enricher=enricher.exchange_attributes if enricher is not None else None,
+            service_graph=self.service_graph,
+            peer_service=enricher.peer_service if enricher is not None else None,
         )
         # receivers -> [stitching] -> pipeline (processors, spans, metrics) -> exporters
         self.stitcher: StitchingProcessor | None = None
@@ -304,6 +327,13 @@ class Agent:
 
         return counters
 
+    def _flow_peer(self, address: str) -> dict | None:
+        identity = self.kube_enricher.peer_identity(address)
+        return peer_attributes(identity) if identity is not None else None
+
+    def _kube_counters(self) -> dict[str, int]:
+        return {f"otel_ebpf.kubernetes.{k}": v for k, v in self.kube.counters().items()} if self.kube else {}
+
     def _on_flow(self, flow: TcpFlow, resource) -> None:
         address, port = server_side(flow)
         self.summary.record_flow(
@@ -332,6 +362,11 @@ class Agent:
                 return
             self._started = True
         self.pipeline.start()
+        if self.kube is not None:
+            self.kube.start()
+            if not self.kube.wait_synced(self.kube_sync_timeout_s):
+                log.warning("kubernetes metadata not in sync after %.0fs: going on, spans get it once it is",
+                            self.kube_sync_timeout_s)
         started: list = []
         try:
             for r in self.receivers:
@@ -361,5 +396,7 @@ class Agent:
         for r in self.receivers:
             r.shutdown()
         self.pipeline.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
+        if self.kube is not None:
+            self.kube.stop()
         if self._printer is not None:
             self._printer.stop()

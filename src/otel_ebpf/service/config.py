@@ -24,7 +24,9 @@ from ..processors.redaction import RedactionConfig
 from ..processors.routes import RoutesConfig
 from ..processors.stitching import StitchingConfig
 from ..receivers.http.config import HttpReceiverConfig
+from ..kube.metadata import KubeConfig
 from ..receivers.tcpflow.config import TcpFlowReceiverConfig
+from ..telemetry.servicegraph import ServiceGraphConfig
 
 __all__ = ["ConfigError", "ServiceConfig", "ExporterConfig", "PipelineConfig", "parse_duration"]
 
@@ -56,6 +58,7 @@ def parse_duration(value: Any, key: str) -> float:
 
 EXPORTER_TYPES = ("otlp", "otlphttp", "console", "file", "summary")
 RECEIVER_TYPES = ("http", "tcpflow")
+PROCESSOR_TYPES = ("redaction", "routes", "stitching", "kubernetes", "servicegraph")
 
 
 @dataclass
@@ -109,7 +112,7 @@ class PipelineConfig:
 @dataclass
 class ServiceConfig:
     receivers: dict[str, HttpReceiverConfig | TcpFlowReceiverConfig]
-    processors: dict[str, Any]  # name -> RedactionConfig | RoutesConfig | StitchingConfig
+    processors: dict[str, Any]  # name -> RedactionConfig | RoutesConfig | StitchingConfig | KubeConfig | ...
     exporters: dict[str, ExporterConfig]
     pipelines: dict[str, PipelineConfig]
     metrics_interval: float = 10.0  # seconds between metric exports
@@ -150,8 +153,12 @@ class ServiceConfig:
             receivers[name] = _component(klass, rtype, body, key)
         processors = {}
         for name, body in _mapping(data.get("processors"), "processors").items():
-            ptype = _type_of(name, f"processors.{name}", ("redaction", "routes", "stitching"))
-            klass = {"redaction": RedactionConfig, "routes": RoutesConfig, "stitching": StitchingConfig}[ptype]
+            ptype = _type_of(name, f"processors.{name}", PROCESSOR_TYPES)
+            klass = {"redaction": RedactionConfig, "routes": RoutesConfig, "stitching": StitchingConfig,
+                     "kubernetes": KubeConfig, "servicegraph": ServiceGraphConfig}[ptype]
+            body = dict(_mapping(body, f"processors.{name}"))
+            if ptype == "servicegraph" and "wait" in body:
+                body["wait"] = parse_duration(body["wait"], f"processors.{name}.wait")
             processors[name] = _component(klass, ptype, body, f"processors.{name}")
         exporters = {}
         for name, body in _mapping(data.get("exporters"), "exporters").items():
@@ -258,7 +265,8 @@ def _component(klass, ctype: str, body: Any, key: str):
             raise ConfigError(f"{key}.{k}: unknown setting for {ctype} (known: {', '.join(sorted(known))})")
     try:
         cfg = klass(**body)
-        if klass in (HttpReceiverConfig, TcpFlowReceiverConfig, ExporterConfig, StitchingConfig):
+        if klass in (HttpReceiverConfig, TcpFlowReceiverConfig, ExporterConfig, StitchingConfig, KubeConfig,
+                     ServiceGraphConfig):
             cfg.validate(key)
         else:
             cfg.validate()

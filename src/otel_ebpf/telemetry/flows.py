@@ -71,6 +71,8 @@ FLOW_METRICS: dict[str, tuple[str, str, str, tuple[float, ...] | None]] = {
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _OVERFLOW_ATTRS = {"otel_ebpf.metrics.overflow": True}
 _ROLE_NAMES = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
+_BOUNDED_PEER_KEYS = ("service.peer.name", "service.peer.namespace", "otel_ebpf.peer.k8s.workload.kind",
+                      "otel_ebpf.peer.k8s.workload.name")
 _MAX_TRACE_IDS = 32  # per flow and interval, in the flow log
 _MAX_JOINED_FLOWS = 65536  # connections whose recent trace ids are remembered
 
@@ -160,8 +162,11 @@ class FlowTelemetry:
     """Flow metrics (cumulative, per Resource) and the trace ids each connection carried.
     Thread-safe; meant to be fed from one pipeline worker and collected from the exporter."""
 
-    def __init__(self, *, max_series: int = 10_000) -> None:
+    def __init__(self, *, max_series: int = 10_000, peer=None) -> None:
+        """``peer(address) -> dict | None``: the remote end's identity attributes (Kubernetes), which
+        then replace ``network.peer.address`` on metrics (workloads are bounded, pod IPs churn)."""
         self._max_series = max_series
+        self._peer = peer
         self._lock = threading.Lock()
         self._series: dict[Resource, dict[tuple, _Series]] = {}
         self._n_series = 0
@@ -193,8 +198,17 @@ class FlowTelemetry:
 
     # -- metrics ------------------------------------------------------------------------------
 
+    def peer_attributes(self, flow: TcpFlow) -> dict[str, Any]:
+        if self._peer is None:
+            return {}
+        return self._peer(flow.remote_address) or {}
+
     def record(self, flow: TcpFlow, resource: Resource) -> None:
         attrs = flow_attributes(flow)
+        peer = self.peer_attributes(flow)
+        if peer:
+            del attrs["network.peer.address"]
+            attrs.update((k, v) for k, v in peer.items() if k in _BOUNDED_PEER_KEYS)
         now = flow.end_ns
         final = flow.state is not FlowState.ACTIVE
         with self._lock:

@@ -64,6 +64,7 @@ from otel_ebpf.protocols.dns import DnsLookup
 from otel_ebpf.records import Exchange, FlowState, TcpFlow
 from otel_ebpf.telemetry.dns import DNS_LOOKUP_DURATION, DnsContext, describe_dns
 from otel_ebpf.telemetry.flows import FlowTelemetry, flow_log_attributes
+from otel_ebpf.telemetry.servicegraph import ServiceGraph
 from otel_ebpf.telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from otel_ebpf.telemetry.semantics import describe
 from otel_ebpf.telemetry.spans import SpanBuilder
@@ -129,6 +130,9 @@ class TelemetryPipeline:
         flow_telemetry: FlowTelemetry | None = None,
         flow_log_delay_s: float = 1.0,
         on_flow: Callable[[TcpFlow, Resource], None] | None = None,
+        exchange_enricher: Callable[[Exchange], dict] | None = None,
+        service_graph: ServiceGraph | None = None,
+        peer_service: Callable[[str], str | None] | None = None,
     ) -> None:
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be positive")
@@ -150,6 +154,11 @@ class TelemetryPipeline:
             metrics_aggregator.add_source(flow_telemetry.collect)
         self._flow_log_delay = flow_log_delay_s
         self._on_flow = on_flow
+        self._enrich = exchange_enricher
+        self._graph = service_graph
+        self._peer_service = peer_service
+        if service_graph is not None:
+            metrics_aggregator.add_source(service_graph.collect)
         # Flow records wait a moment before their log record is made: the exchanges of the same
         # connection come from another receiver thread and may be a poll interval behind.
         self._pending_flows: collections.deque[tuple[float, TcpFlow, Resource]] = collections.deque()
@@ -287,7 +296,17 @@ class TelemetryPipeline:
                     self._self.add(FILTERED)
                     return
             sem = describe(exchange)
+            if self._enrich is not None:
+                extra = self._enrich(exchange)
+                if extra:
+                    sem.attributes.update(extra)
             span = self._builder.build(exchange, semantics=sem)
+            if self._graph is not None:
+                conn = exchange.connection
+                peer = self._peer_service(conn.remote_address) if self._peer_service is not None else None
+                server = sem.attributes.get("server.address")
+                self._graph.record(span, service=str(span.resource.attributes.get("service.name", "unknown")),
+                                   peer=peer, peer_address=str(server) if server else conn.remote_address)
             self._aggregator.record(exchange, span.resource, attributes=sem.metric_attributes, metrics=sem.metrics)
         except Exception:
             self._self.add(ERRORS)
@@ -361,10 +380,13 @@ class TelemetryPipeline:
             _, flow, resource = pending.popleft()
             done = flow.state is not FlowState.ACTIVE
             trace_ids = self._flows.take_trace_ids(flow.flow_id, final=done) if self._flows is not None else []
+            attributes = flow_log_attributes(flow, trace_ids)
+            if self._flows is not None:
+                attributes.update(self._flows.peer_attributes(flow))
             record = LogRecord(
                 timestamp=flow.end_ns, observed_timestamp=time.time_ns(), severity_text="INFO",
                 severity_number=SeverityNumber.INFO, body=f"tcp flow {flow.state.value}",
-                attributes=flow_log_attributes(flow, trace_ids), event_name="otel_ebpf.tcp.flow",
+                attributes=attributes, event_name="otel_ebpf.tcp.flow",
             )
             if not self._batch and not self._log_batch:
                 self._batch_started = time.monotonic()

@@ -150,9 +150,16 @@ class SpanBuilder:
         self._base = {k: v for k, v in (resource_attributes or {}).items() if k not in _AGENT_ONLY_KEYS}
         self._agent_resource = agent_resource(host_name=host_name, resource_attributes=resource_attributes)
         self._scope = InstrumentationScope(SCOPE_NAME, SCOPE_VERSION, SCHEMA_URL)
-        self._resources: OrderedDict[int, tuple[ProcessInfo, Resource]] = OrderedDict()
+        self._resources: OrderedDict[int, tuple[ProcessInfo, Resource, int]] = OrderedDict()
+        # pid -> extra Resource attributes (Kubernetes metadata), or None; see kube.KubeMetadata
+        self.resource_enricher = None
+        self._enrich_generation = 0
         self._lock = threading.Lock()
         self.resource_evictions = 0
+
+    def invalidate_resources(self) -> None:
+        """Rebuild every Resource on its next use (the enricher learned something new)."""
+        self._enrich_generation += 1
 
     @property
     def agent_resource(self) -> Resource:
@@ -181,11 +188,11 @@ class SpanBuilder:
     def _resource_for_info(self, info: ProcessInfo) -> Resource:
         pid = info.pid
         cached = self._resources.get(pid)
-        if cached is not None and cached[0] is info:
+        if cached is not None and cached[0] is info and cached[2] == self._enrich_generation:
             return cached[1]
         resource = self._make_resource(info)
         with self._lock:
-            self._resources[pid] = (info, resource)
+            self._resources[pid] = (info, resource, self._enrich_generation)
             self._resources.move_to_end(pid)
             while len(self._resources) > self._max_resources:
                 self._resources.popitem(last=False)
@@ -205,6 +212,13 @@ class SpanBuilder:
         if info.command_line:
             attrs[PROCESS_COMMAND_LINE] = info.command_line
         attrs[SERVICE_NAME] = info.service_name
+        if self.resource_enricher is not None:
+            extra = self.resource_enricher(info.pid)
+            if extra:
+                for key, value in extra.items():
+                    if key in attrs and (key != SERVICE_NAME or info.service_name_set):
+                        continue  # what the process says of itself wins (its OTEL_* variables)
+                    attrs[key] = value
         return _HashedResource(attrs, SCHEMA_URL)
 
     def build_other(self, sem: HttpSemantics, *, pid: int, start_ns: int, end_ns: int) -> ReadableSpan:
