@@ -108,7 +108,9 @@ class Informer:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
+        """Start (or, after stop(), resume) listing and watching on a daemon thread."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"otel-ebpf-informer-{self.spec.kind}",
                                             daemon=True)
             self._thread.start()
@@ -140,7 +142,7 @@ class Informer:
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN_S
-        need_list = True
+        need_list = not self.synced.is_set()  # a restarted informer resumes its watch
         while not self._stop.is_set():
             try:
                 if need_list:
