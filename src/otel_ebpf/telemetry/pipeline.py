@@ -61,7 +61,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_ebpf.protocols.dns import DnsLookup
-from otel_ebpf.records import Exchange, FlowState, TcpFlow
+from otel_ebpf.records import Exchange, FlowState, Role, TcpFlow
 from otel_ebpf.telemetry.dns import DNS_LOOKUP_DURATION, DnsContext, describe_dns
 from otel_ebpf.telemetry.flows import FlowTelemetry, flow_log_attributes
 from otel_ebpf.telemetry.servicegraph import ServiceGraph
@@ -305,8 +305,12 @@ class TelemetryPipeline:
                 conn = exchange.connection
                 peer = self._peer_service(conn.remote_address) if self._peer_service is not None else None
                 server = sem.attributes.get("server.address")
+                if conn.role == Role.SERVER:
+                    key = (conn.remote_address, conn.remote_port, conn.local_address, conn.local_port)
+                else:
+                    key = (conn.local_address, conn.local_port, conn.remote_address, conn.remote_port)
                 self._graph.record(span, service=str(span.resource.attributes.get("service.name", "unknown")),
-                                   peer=peer, peer_address=str(server) if server else conn.remote_address)
+                                   peer=peer, connection=key, peer_address=str(server) if server else conn.remote_address)
             self._aggregator.record(exchange, span.resource, attributes=sem.metric_attributes, metrics=sem.metrics)
         except Exception:
             self._self.add(ERRORS)

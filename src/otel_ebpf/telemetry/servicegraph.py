@@ -13,10 +13,12 @@ Metrics: ``traces_service_graph_request_total``, ``traces_service_graph_request_
 ``traces_service_graph_request_client_seconds`` (Histograms, seconds), with labels ``client``,
 ``server`` and ``connection_type``.
 
-An edge is one request from a client span to the server span it caused, paired like Tempo does:
-a SERVER span waits under its parent's span id, a CLIENT span under its own; whichever comes
-second completes the edge (both ends on this node: the client's service and the server's, each
-from its own Resource). A half left alone for ``wait_s`` becomes an edge to or from a virtual
+An edge is one request from a client span to the server span that served it. Tempo pairs them by
+trace context (the server span's parent is the client span); the kernel sees better: both ends of
+one TCP connection, so a CLIENT exchange and a SERVER exchange pair when their connection is the
+same 4-tuple seen from either end, in request order (keep-alive connections carry many). This
+needs no propagated context at all. Whichever half comes second completes the edge (the client's
+service and the server's, each from its own Resource). A half left alone for ``wait_s`` becomes an edge to or from a virtual
 node (``connection_type`` = ``virtual_node``): the peer's Kubernetes identity when known, else
 ``user`` for a caller outside our view, or the server's address for an uninstrumented one.
 """
@@ -27,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -76,15 +78,19 @@ class ServiceGraph:
         self._resource = resource
         self._wait_s = wait_s
         self._lock = threading.Lock()
-        self._servers: OrderedDict[int, tuple[float, str, float, bool, str]] = OrderedDict()
-        self._clients: OrderedDict[int, tuple[float, str, float, bool, str]] = OrderedDict()
+        # connection (client ip, client port, server ip, server port) -> halves waiting, oldest first
+        self._servers: OrderedDict[tuple, deque] = OrderedDict()
+        self._clients: OrderedDict[tuple, deque] = OrderedDict()
+        self._pending = 0
         self._edges: dict[tuple[str, str, str], _Edge] = {}
         self.dropped_pending = 0
         self.dropped_edges = 0
 
-    def record(self, span, *, service: str, peer: str | None, peer_address: str = "") -> None:
+    def record(self, span, *, service: str, peer: str | None, connection: tuple[str, int, str, int],
+               peer_address: str = "") -> None:
         """One exchange span. ``service``: its Resource's service.name; ``peer``: the other end's
-        service name when known (Kubernetes identity), else None."""
+        service name when known (Kubernetes identity), else None; ``connection``: (client ip,
+        client port, server ip, server port) of its TCP connection."""
         kind = span.kind
         if kind not in (SpanKind.SERVER, SpanKind.CLIENT):
             return
@@ -92,48 +98,54 @@ class ServiceGraph:
         failed = span.status.status_code == StatusCode.ERROR
         now = time.monotonic()
         with self._lock:
-            if kind == SpanKind.SERVER:
-                parent = span.parent
-                if parent is None:
-                    self._edge(peer or "user", service, "virtual_node", None, seconds, failed)
-                    return
-                client = self._clients.pop(parent.span_id, None)
-                if client is not None:
-                    _, client_service, client_seconds, client_failed, _ = client
-                    self._edge(client_service, service, "", client_seconds, seconds, failed or client_failed)
-                    return
-                self._put(self._servers, parent.span_id, (now, service, seconds, failed, peer or "user"))
-            else:
-                span_id = span.context.span_id
-                server = self._servers.pop(span_id, None)
-                if server is not None:
-                    _, server_service, server_seconds, server_failed, _ = server
-                    self._edge(service, server_service, "", seconds, server_seconds, failed or server_failed)
-                    return
-                self._put(self._clients, span_id, (now, service, seconds, failed, peer or peer_address or "unknown"))
+            mine, theirs = (self._servers, self._clients) if kind == SpanKind.SERVER else (self._clients, self._servers)
+            waiting = theirs.get(connection)
+            if waiting:
+                _, other_service, other_seconds, other_failed, _ = waiting.popleft()
+                self._pending -= 1
+                if not waiting:
+                    del theirs[connection]
+                if kind == SpanKind.SERVER:
+                    self._edge(other_service, service, "", other_seconds, seconds, failed or other_failed)
+                else:
+                    self._edge(service, other_service, "", seconds, other_seconds, failed or other_failed)
+                return
+            other_end = peer or ("user" if kind == SpanKind.SERVER else (peer_address or "unknown"))
+            queue = mine.get(connection)
+            if queue is None:
+                queue = mine[connection] = deque()
+            queue.append((now, service, seconds, failed, other_end))
+            self._pending += 1
+            if self._pending > MAX_PENDING:
+                self._drop_oldest()
 
-    def _put(self, table: OrderedDict, key: int, value: tuple) -> None:
-        table[key] = value
-        if len(table) > MAX_PENDING:
-            table.popitem(last=False)
-            self.dropped_pending += 1
+    def _drop_oldest(self) -> None:
+        for table in (self._servers, self._clients):
+            if table:
+                key, queue = next(iter(table.items()))
+                queue.popleft()
+                if not queue:
+                    del table[key]
+                self._pending -= 1
+                self.dropped_pending += 1
+                return
 
     def expire(self, now_s: float | None = None) -> None:
         """Halves older than ``wait_s`` become edges with a virtual node on the missing side."""
         limit = (time.monotonic() if now_s is None else now_s) - self._wait_s
         with self._lock:
-            while self._servers:
-                key, (ts, service, seconds, failed, caller) = next(iter(self._servers.items()))
-                if ts > limit:
-                    break
-                del self._servers[key]
-                self._edge(caller, service, "virtual_node", None, seconds, failed)
-            while self._clients:
-                key, (ts, service, seconds, failed, callee) = next(iter(self._clients.items()))
-                if ts > limit:
-                    break
-                del self._clients[key]
-                self._edge(service, callee, "virtual_node", seconds, None, failed)
+            for table, server_side in ((self._servers, True), (self._clients, False)):
+                for key in [k for k, q in table.items() if q[0][0] <= limit]:
+                    queue = table[key]
+                    while queue and queue[0][0] <= limit:
+                        _, service, seconds, failed, other = queue.popleft()
+                        self._pending -= 1
+                        if server_side:
+                            self._edge(other, service, "virtual_node", None, seconds, failed)
+                        else:
+                            self._edge(service, other, "virtual_node", seconds, None, failed)
+                    if not queue:
+                        del table[key]
 
     def _edge(self, client: str, server: str, connection_type: str, client_seconds: float | None,
               server_seconds: float | None, failed: bool) -> None:

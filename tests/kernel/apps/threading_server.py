@@ -1,4 +1,4 @@
-"""HTTP/1.1 test server on Python's ThreadingHTTPServer: `python3 threading_server.py PORT`.
+"""HTTP/1.1 test server on Python's ThreadingHTTPServer: `python3 threading_server.py PORT [HOST]`.
 
 Routes: /ok (200), /notfound (404), /error (500), /chunked (chunked body in 3 chunks + trailer),
 /big?n=BYTES (fixed-length body), /echo (POST: echoes the body length). Writes each response with
@@ -51,7 +51,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server = ThreadingHTTPServer((sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print("listening", flush=True)
     server.serve_forever()
