@@ -35,6 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,13 +119,26 @@ class Informer:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop watching (closes the open watch connection). Safe twice and before start."""
+        self.signal_stop()
+        self.join(timeout_s)
+
+    def signal_stop(self) -> None:
+        """Ask the thread to end and close its watch connection; returns at once."""
         self._stop.set()
         response = self._response
         if response is not None:
             try:
+                # shutdown() first: close() alone does not wake a thread blocked reading the socket
+                sock = getattr(getattr(response, "_fp", None), "fp", None)
+                raw = getattr(sock, "raw", None)
+                conn = getattr(raw, "_sock", None)
+                if conn is not None:
+                    conn.shutdown(socket.SHUT_RDWR)
                 response.close()
             except Exception:  # noqa: BLE001 -- closing an already broken connection
                 pass
+
+    def join(self, timeout_s: float) -> None:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
@@ -300,4 +315,4 @@ class Informer:
 
 def _key(obj: dict) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
-    return meta.get("namespace", ""), meta.get("name", "")
+    return sys.intern(meta.get("namespace", "")), meta.get("name", "")

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from .cgroup import ContainerResolver
@@ -162,9 +163,12 @@ class KubeMetadata:
                 return False
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         for informer in self.informers.values():
-            informer.stop()
+            informer.signal_stop()
+        deadline = time.monotonic() + timeout_s
+        for informer in self.informers.values():
+            informer.join(max(0.0, deadline - time.monotonic()))
 
     def counters(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -7,6 +7,7 @@ rules read, container ids and names, and for Istio the hosts, routes and subsets
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 __all__ = [
@@ -109,6 +110,9 @@ class IstioDestinationRule:
     subsets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (subset name, its labels)
 
 
+_intern = sys.intern  # namespaces, nodes, kinds, label keys and values repeat across thousands of objects
+
+
 def _meta(obj: dict) -> dict:
     return obj.get("metadata") or {}
 
@@ -117,9 +121,9 @@ def _owner(meta: dict) -> Owner | None:
     refs = meta.get("ownerReferences") or ()
     for ref in refs:
         if ref.get("controller"):
-            return Owner(ref.get("kind", ""), ref.get("name", ""))
+            return Owner(_intern(ref.get("kind", "")), _intern(ref.get("name", "")))
     if refs:
-        return Owner(refs[0].get("kind", ""), refs[0].get("name", ""))
+        return Owner(_intern(refs[0].get("kind", "")), _intern(refs[0].get("name", "")))
     return None
 
 
@@ -144,13 +148,13 @@ def slim_pod(obj: dict) -> Pod:
         for cs in status.get(key) or ():
             cid = _container_id(cs.get("containerID"))
             if cid:
-                containers.append((cid, cs.get("name", "")))
+                containers.append((cid, _intern(cs.get("name", ""))))
     return Pod(
-        uid=meta.get("uid", ""), name=meta.get("name", ""), namespace=meta.get("namespace", ""),
-        node=spec.get("nodeName", ""), ips=ips, host_network=bool(spec.get("hostNetwork")), owner=_owner(meta),
-        labels=tuple((k, labels[k]) for k in KEPT_LABELS if k in labels),
+        uid=meta.get("uid", ""), name=meta.get("name", ""), namespace=_intern(meta.get("namespace", "")),
+        node=_intern(spec.get("nodeName", "")), ips=ips, host_network=bool(spec.get("hostNetwork")), owner=_owner(meta),
+        labels=tuple((k, _intern(labels[k])) for k in KEPT_LABELS if k in labels),
         annotations=tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX))),
-        containers=tuple(containers), phase=status.get("phase", ""),
+        containers=tuple(containers), phase=_intern(status.get("phase", "")),
     )
 
 
