@@ -54,14 +54,15 @@ log = logging.getLogger(__name__)
 
 
 def _span_exporter(cfg: ExporterConfig) -> SpanExporter | None:
+    # The SDK's OTLP exporters with the span encoding replaced by a direct one (telemetry/otlp_fast.py).
     if cfg.type == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from ..telemetry.otlp_fast import FastOtlpGrpcSpanExporter
 
-        return OTLPSpanExporter(**_otlp_kwargs(cfg, grpc=True))
+        return FastOtlpGrpcSpanExporter(**_otlp_kwargs(cfg, grpc=True))
     if cfg.type == "otlphttp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+        from ..telemetry.otlp_fast import FastOtlpHttpSpanExporter
 
-        return HttpSpanExporter(**_otlp_kwargs(cfg, grpc=False, signal="traces"))
+        return FastOtlpHttpSpanExporter(**_otlp_kwargs(cfg, grpc=False, signal="traces"))
     if cfg.type == "console":
         return ConsoleSpanExporter()
     if cfg.type == "file":

@@ -90,7 +90,6 @@ def _with_health(done: list[Exchange], samples) -> list[Exchange]:
     if not samples:
         return done
     last = samples[-1]
-    out = []
     for ex in done:
         base = samples[0]
         start = ex.start_ns
@@ -98,8 +97,13 @@ def _with_health(done: list[Exchange], samples) -> list[Exchange]:
             if sample[0] <= start:
                 base = sample
                 break
-        out.append(replace(ex, tcp=TcpHealth(max(0, last[1] - base[1]), last[2])))
-    return out
+        # Set on the record in place: the session has just made it and nothing else holds it yet
+        # (dataclasses.replace costs ~8 µs per exchange on this path, a tenth of the receiver's budget).
+        _set_field(ex, "tcp", TcpHealth(max(0, last[1] - base[1]), last[2]))
+    return done
+
+
+_set_field = object.__setattr__  # frozen dataclasses refuse plain assignment
 
 
 class _Entry:

@@ -1,0 +1,91 @@
+"""The direct OTLP encoder against the SDK's: decoded, the two requests are the same message."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from otel_ebpf.processinfo import ProcessInfoCache
+from otel_ebpf.telemetry import otlp_fast
+from otel_ebpf.telemetry.otlp_fast import FastOtlpGrpcSpanExporter, FastOtlpHttpSpanExporter, encode_trace_request
+from otel_ebpf.telemetry.spans import SpanBuilder
+
+from ..factories import make_exchange
+
+SCOPE = InstrumentationScope("otel-ebpf", "0.1.0", "https://opentelemetry.io/schemas/1.44.0")
+R1 = Resource({"service.name": "shop", "process.pid": 42, "host.name": "node-1"}, "https://x/1.44.0")
+R2 = Resource({"service.name": "db", "k8s.pod.name": "db-0"})
+
+
+def span(i: int, *, resource=R1, **kw) -> ReadableSpan:
+    parent = kw.pop("parent", None)
+    return ReadableSpan(
+        name=kw.pop("name", f"GET /items/{i}"),
+        context=SpanContext(0x1234 + i, 0x99 + i, False, TraceFlags(1), kw.pop("trace_state", None)),
+        parent=parent, resource=resource, kind=kw.pop("kind", SpanKind.SERVER),
+        attributes=kw.pop("attributes", {"http.request.method": "GET", "http.response.status_code": 200,
+                                         "url.path": f"/items/{i}", "network.peer.port": 50000 + i}),
+        status=kw.pop("status", Status(StatusCode.UNSET)), start_time=1_700_000_000_000_000_000 + i,
+        end_time=1_700_000_000_020_000_000 + i, instrumentation_scope=kw.pop("scope", SCOPE), **kw)
+
+
+def same(spans) -> None:
+    ours = ExportTraceServiceRequest.FromString(encode_trace_request(spans))
+    assert ours == encode_spans(spans)
+
+
+def test_plain_spans_of_two_resources_encode_as_the_sdk_does():
+    same([span(i, resource=R1 if i % 3 else R2) for i in range(20)])
+
+
+def test_every_attribute_type_parents_links_events_status_and_trace_state():
+    remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(1))
+    local = SpanContext(0xABC, 0x777, False, TraceFlags(1))
+    spans = [
+        span(1, parent=remote, trace_state=TraceState([("vendor", "v1"), ("other", "x")]),
+             attributes={"s": "ünïcode", "b": True, "f": False, "i": -5, "big": 2**62, "d": 1.5, "neg": -0.25,
+                         "arr": ["a", "b"], "ints": [1, 2, 3], "bools": [True, False], "e": "", "z": 0},
+             status=Status(StatusCode.ERROR, "boom"), kind=SpanKind.CLIENT,
+             links=(Link(remote, {"otel_ebpf.link.reason": "envoy-egress"}), Link(local)),
+             events=(Event("retry", {"attempt": 2}, timestamp=5),)),
+        span(2, parent=local, status=Status(StatusCode.OK), kind=SpanKind.INTERNAL, attributes={}),
+        span(3, scope=None),
+    ]
+    same(spans)
+
+
+def test_agent_spans_from_the_span_builder_encode_as_the_sdk_does():
+    builder = SpanBuilder(host_name="node-1", process_info=ProcessInfoCache(proc_root="/nonexistent"))
+    spans = [builder.build(make_exchange(target=f"/users/{i}?x={i}", status=200 + i % 2 * 300)) for i in range(50)]
+    same(spans)
+    same(spans)  # the second time from the caches
+
+
+def test_the_attribute_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(otlp_fast, "_MAX_CACHED_ATTRIBUTES", 10)
+    otlp_fast._attr_cache.clear()
+    same([span(i, attributes={"k": f"v{i}", "n": i}) for i in range(100)])
+    assert len(otlp_fast._attr_cache) <= 10
+
+
+@pytest.mark.parametrize("exporter_class", [FastOtlpGrpcSpanExporter, FastOtlpHttpSpanExporter])
+def test_the_fast_exporters_deliver_to_a_real_otlp_receiver(exporter_class):
+    from otel_ebpf.testing import OtlpReceiver  # noqa: PLC0415
+
+    with OtlpReceiver() as otlp:
+        if exporter_class is FastOtlpGrpcSpanExporter:
+            exporter = exporter_class(endpoint=otlp.grpc_endpoint, insecure=True)
+        else:
+            exporter = exporter_class(endpoint=otlp.http_endpoint.rstrip("/") + "/v1/traces")
+        try:
+            assert exporter.export([span(i) for i in range(5)]).name == "SUCCESS"
+            received = otlp.wait_for_spans(5, timeout=10)
+        finally:
+            exporter.shutdown()
+    assert sorted(s.name for s in received) == sorted(f"GET /items/{i}" for i in range(5))
+    assert all(s.resource["service.name"] == "shop" for s in received)
