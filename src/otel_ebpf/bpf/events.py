@@ -137,6 +137,14 @@ _ENUMS = {"event_type": (EventType, "EVENT_"), "syscall_id": (Syscall, "SYS_"), 
           "direction": (Direction, "DIR_"), "conn_role": (Role, "ROLE_")}
 
 
+# Enum members by value, for the decoder's hot path: an index instead of an Enum() call per record
+# (values are checked against the object's BTF at start; an unknown value raises IndexError/KeyError,
+# counted as a decode error).
+_DIRECTIONS = tuple(Direction)
+_ROLES = tuple(Role)
+_SYSCALLS = {s.value: s for s in Syscall}
+
+
 def check_enums(info: BpfObjectInfo, enums: dict | None = None) -> None:
     """Raise BtfError when a Python enum disagrees with the object's C enum. ``enums`` maps C enum
     names to (Python enum, prefix of the C names); default: sockdata's."""
@@ -192,8 +200,8 @@ class SockDataCodec:
                     segments = self._segments(rec, start + ext_offset, start + captured, ext_offset, length)
                     captured = ext_offset
                 return SockDataEvent(
-                    tgid, tid, fd, ts_enter, ts_exit, sock_id, length, Direction(direction), Role(role),
-                    Syscall(syscall), 4 if family == socket.AF_INET else 6, format_address(family, saddr), sport,
+                    tgid, tid, fd, ts_enter, ts_exit, sock_id, length, _DIRECTIONS[direction], _ROLES[role],
+                    _SYSCALLS[syscall], 4 if family == socket.AF_INET else 6, format_address(family, saddr), sport,
                     format_address(family, daddr), dport, rec[start : start + captured], segments, proto, retrans, srtt,
                 )
             if kind in (EventType.CONN_OPEN, EventType.CONN_CLOSE):
@@ -204,7 +212,7 @@ class SockDataCodec:
                     format_address(family, saddr), sport, format_address(family, daddr), dport,
                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                 )
-        except (ValueError, IndexError, OSError, struct.error):
+        except (ValueError, IndexError, KeyError, OSError, struct.error):
             pass
         self.decode_errors += 1
         return None

@@ -366,3 +366,11 @@ def test_segments_out_of_order_or_past_the_payload_are_dropped_and_counted(info,
     beyond = sock_data_record(info, payload=b"x" * 10, length=100, segments=[(99, b"abc")])
     assert codec.decode(beyond).segments == ()
     assert codec.bad_segments == 2
+
+
+@pytest.mark.parametrize("field", ["direction", "role", "syscall"])
+def test_an_enum_value_the_object_does_not_define_is_a_counted_decode_error(info, codec, field):
+    values = {"direction": Direction.INGRESS, "role": Role.SERVER, "syscall": Syscall.READ}
+    values[field] = 200
+    rec = sock_data_record(info, payload=b"x", **values)
+    assert codec.decode(rec) is None and codec.decode_errors == 1
