@@ -189,28 +189,46 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(out)
 
 
+def _group(spans: Sequence[ReadableSpan]) -> list[tuple[object, list[tuple[object, list[ReadableSpan]]]]]:
+    """Spans by Resource, then by scope, in first-appearance order. Grouped by identity first (the
+    agent reuses one Resource object per process), then equal objects are merged, as the SDK
+    encoder groups by equality."""
+    by_id: dict[int, tuple[object, dict[int, tuple[object, list[ReadableSpan]]]]] = {}
+    for span in spans:
+        resource = span.resource
+        entry = by_id.get(id(resource))
+        if entry is None:
+            entry = by_id[id(resource)] = (resource, {})
+        scope = span.instrumentation_scope
+        sentry = entry[1].get(id(scope))
+        if sentry is None:
+            sentry = entry[1][id(scope)] = (scope, [])
+        sentry[1].append(span)
+    groups: list[tuple[object, list[tuple[object, list[ReadableSpan]]]]] = []
+    for resource, scopes in by_id.values():
+        target = next((g for g in groups if g[0] is resource or g[0] == resource), None)
+        if target is None:
+            target = (resource, [])
+            groups.append(target)
+        for scope, members in scopes.values():
+            same = next((sc for sc in target[1] if sc[0] is scope or sc[0] == scope), None)
+            if same is None:
+                target[1].append((scope, list(members)))
+            else:
+                same[1].extend(members)
+    return groups
+
+
 def encode_trace_request(spans: Sequence[ReadableSpan]) -> bytes:
     """An ExportTraceServiceRequest holding ``spans``, grouped by Resource then scope (in first
     appearance order, as the SDK encoder groups them)."""
-    by_resource: dict[int, tuple[object, dict[int, tuple[object, list[bytes]]]]] = {}
-    for span in spans:
-        resource = span.resource
-        entry = by_resource.get(id(resource))
-        if entry is None:
-            entry = by_resource[id(resource)] = (resource, {})
-        scope = span.instrumentation_scope
-        scopes = entry[1]
-        sentry = scopes.get(id(scope))
-        if sentry is None:
-            sentry = scopes[id(scope)] = (scope, [])
-        sentry[1].append(_ld(b"\x12", _span(span)))
     out = []
-    for resource, scopes in by_resource.values():
+    for resource, scopes in _group(spans):
         body = [_ld(b"\x0a", _cached(_resource_cache, resource, _resource))]
-        for scope, encoded in scopes.values():
+        for scope, members in scopes:
             # an absent scope is sent as an empty one, as the SDK encoder does
             scope_spans = b"\x0a\x00" if scope is None else _ld(b"\x0a", _cached(_scope_cache, scope, _scope))
-            scope_spans += b"".join(encoded)
+            scope_spans += b"".join([_ld(b"\x12", _span(span)) for span in members])
             schema = getattr(scope, "schema_url", None)
             if schema:
                 scope_spans += _ld(b"\x1a", schema.encode())
@@ -262,3 +280,146 @@ class FastOtlpHttpSpanExporter(_HttpSpanExporter):
                 result.error = export_result.error
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+# ---------------------------------------------------------------------------------------------
+# OTLP/JSON: the same request as a JSON-ready dict (ids as hex, 64-bit integers as strings, enums
+# as integers, lowerCamelCase), equal to json_format.MessageToDict of the protobuf request.
+# ---------------------------------------------------------------------------------------------
+
+_json_attr_cache: dict[tuple[str, type, Any], dict] = {}
+_json_resource_cache: dict[int, tuple[object, dict]] = {}
+
+
+def _json_value(value: Any) -> dict:
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"doubleValue": "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")}
+        return {"doubleValue": value}
+    if isinstance(value, bytes):
+        import base64  # noqa: PLC0415 -- rare
+
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": [{"key": str(k), "value": _json_value(v)} for k, v in value.items()]}}
+    if isinstance(value, Sequence):
+        return {"arrayValue": {"values": [_json_value(v) for v in value]}}
+    if value is None:
+        return {}
+    raise TypeError(f"invalid attribute value type {type(value).__name__}")
+
+
+def _json_attributes(attributes) -> list[dict]:
+    out = []
+    cache = _json_attr_cache
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or kind is float:
+            ck = (key, kind, value)
+            kv = cache.get(ck)
+            if kv is None:
+                kv = {"key": key, "value": _json_value(value)}
+                if len(cache) >= _MAX_CACHED_ATTRIBUTES:
+                    cache.clear()
+                cache[ck] = kv
+            out.append(kv)
+        else:
+            try:
+                out.append({"key": key, "value": _json_value(value)})
+            except TypeError:
+                continue
+    return out
+
+
+def _json_span(span: ReadableSpan) -> dict:
+    ctx = span.context
+    parent = span.parent
+    doc: dict[str, Any] = {"traceId": f"{ctx.trace_id:032x}", "spanId": f"{ctx.span_id:016x}"}
+    ts = _trace_state(ctx.trace_state)
+    if ts:
+        doc["traceState"] = ts.decode()
+    flags = _FLAGS_HAS_IS_REMOTE
+    if parent is not None:
+        doc["parentSpanId"] = f"{parent.span_id:016x}"
+        if parent.is_remote:
+            flags |= _FLAGS_IS_REMOTE
+    doc["name"] = span.name
+    doc["kind"] = span.kind.value + 1
+    doc["startTimeUnixNano"] = str(span.start_time or 0)
+    doc["endTimeUnixNano"] = str(span.end_time or 0)
+    if span.attributes:
+        doc["attributes"] = _json_attributes(span.attributes)
+    if span.dropped_attributes:
+        doc["droppedAttributesCount"] = span.dropped_attributes
+    if span.events:
+        events = []
+        for event in span.events:
+            ev: dict[str, Any] = {"timeUnixNano": str(event.timestamp or 0)}
+            if event.name:
+                ev["name"] = event.name
+            if event.attributes:
+                ev["attributes"] = _json_attributes(event.attributes)
+            events.append(ev)
+        doc["events"] = events
+    if span.links:
+        links = []
+        for link in span.links:
+            lc = link.context
+            lk: dict[str, Any] = {"traceId": f"{lc.trace_id:032x}", "spanId": f"{lc.span_id:016x}"}
+            if link.attributes:
+                lk["attributes"] = _json_attributes(link.attributes)
+            lk["flags"] = _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if lc.is_remote else 0)
+            links.append(lk)
+        doc["links"] = links
+    status = span.status
+    if status is not None:
+        st: dict[str, Any] = {}
+        if status.description:
+            st["message"] = status.description
+        if status.status_code.value:
+            st["code"] = status.status_code.value
+        doc["status"] = st
+    doc["flags"] = flags
+    return doc
+
+
+def _json_resource(resource) -> dict:
+    return {"attributes": _json_attributes(resource.attributes)} if resource.attributes else {}
+
+
+def trace_request_json(spans: Sequence[ReadableSpan]) -> dict:
+    """The OTLP/JSON document of the ExportTraceServiceRequest holding ``spans``."""
+    out = []
+    for resource, scopes in _group(spans):
+        rs: dict[str, Any] = {"resource": _cached(_json_resource_cache, resource, _json_resource)}
+        scope_spans = []
+        for scope, members in scopes:
+            ss: dict[str, Any] = {"scope": _json_scope(scope), "spans": [_json_span(span) for span in members]}
+            schema = getattr(scope, "schema_url", None)
+            if schema:
+                ss["schemaUrl"] = schema
+            scope_spans.append(ss)
+        rs["scopeSpans"] = scope_spans
+        if resource.schema_url:
+            rs["schemaUrl"] = resource.schema_url
+        out.append(rs)
+    return {"resourceSpans": out}
+
+
+def _json_scope(scope) -> dict:
+    if scope is None:
+        return {}
+    doc: dict[str, Any] = {}
+    if scope.name:
+        doc["name"] = scope.name
+    if scope.version:
+        doc["version"] = scope.version
+    if scope.attributes:
+        doc["attributes"] = _json_attributes(scope.attributes)
+    return doc

@@ -43,6 +43,14 @@ def test_plain_spans_of_two_resources_encode_as_the_sdk_does():
     same([span(i, resource=R1 if i % 3 else R2) for i in range(20)])
 
 
+def test_equal_resources_and_scopes_that_are_distinct_objects_are_grouped_as_the_sdk_groups_them():
+    twin = Resource(dict(R1.attributes), R1.schema_url)
+    scope_twin = InstrumentationScope(SCOPE.name, SCOPE.version, SCOPE.schema_url)
+    spans = [span(0), span(1, resource=twin, scope=scope_twin), span(2, resource=R2), span(3, resource=twin)]
+    same(spans)
+    same_json(spans)
+
+
 def test_every_attribute_type_parents_links_events_status_and_trace_state():
     remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(1))
     local = SpanContext(0xABC, 0x777, False, TraceFlags(1))
@@ -89,3 +97,27 @@ def test_the_fast_exporters_deliver_to_a_real_otlp_receiver(exporter_class):
             exporter.shutdown()
     assert sorted(s.name for s in received) == sorted(f"GET /items/{i}" for i in range(5))
     assert all(s.resource["service.name"] == "shop" for s in received)
+
+
+def same_json(spans) -> None:
+    from otel_ebpf.telemetry.jsonfile import encode_otlp_json  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    assert otlp_fast.trace_request_json(spans) == json.loads(encode_otlp_json(encode_spans(spans)))
+
+
+def test_the_json_document_is_what_the_protobuf_route_gives():
+    remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(1))
+    local = SpanContext(0xABC, 0x777, False, TraceFlags(1))
+    same_json([span(i, resource=R1 if i % 3 else R2) for i in range(10)])
+    same_json([
+        span(1, parent=remote, trace_state=TraceState([("vendor", "v1")]),
+             attributes={"s": "ünïcode", "b": True, "i": -5, "big": 2**62, "d": 1.5, "arr": ["a", "b"],
+                         "ints": [1, 2], "e": "", "z": 0},
+             status=Status(StatusCode.ERROR, "boom"), kind=SpanKind.CLIENT,
+             links=(Link(remote, {"reason": "x"}), Link(local)), events=(Event("retry", {"n": 2}, timestamp=5),)),
+        span(2, parent=local, status=Status(StatusCode.OK), kind=SpanKind.INTERNAL, attributes={}),
+        span(3, scope=None),
+    ])
+    builder = SpanBuilder(host_name="node-1", process_info=ProcessInfoCache(proc_root="/nonexistent"))
+    same_json([builder.build(make_exchange(target=f"/users/{i}")) for i in range(20)])
