@@ -86,11 +86,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from otel_ebpf.protocols.common import exchange_ids
+from otel_ebpf.protocols.common import SmallQueue, exchange_ids
 from otel_ebpf.records import (
     Connection,
     Direction,
@@ -373,13 +372,13 @@ class Http1Parser:
         *,
         midstream: bool = False,
         max_head_bytes: int = MAX_HEAD_BYTES,
-        request_methods: deque[str] | None = None,
+        request_methods: SmallQueue | None = None,
     ) -> None:
         self.kind = kind
         self.established = False
         self.body_size = 0  # body bytes of the message in progress so far
         self._state = _HUNT if midstream else _HEAD
-        self._methods: deque[str] = request_methods if request_methods is not None else deque()
+        self._methods: SmallQueue = request_methods if request_methods is not None else SmallQueue()
         self._max_head = max_head_bytes
         self._buf = bytearray()  # incomplete head
         self._line = b""  # incomplete chunk-size / trailer line
@@ -1045,7 +1044,7 @@ class Http1Session:
     ) -> None:
         self._conn = connection
         self._stats = stats
-        self._methods: deque[str] = deque()
+        self._methods = SmallQueue()  # of str
         if connection.role == Role.SERVER:
             self._req_dir: int | None = Direction.INGRESS
         elif connection.role == Role.CLIENT:
@@ -1060,7 +1059,7 @@ class Http1Session:
             Http1Parser(kind, midstream=midstream, max_head_bytes=max_head_bytes, request_methods=self._methods)
             for kind in kinds
         )  # indexed by Direction
-        self._pending: deque[_Pending] = deque()  # requests whose response has not begun
+        self._pending = SmallQueue()  # of _Pending: requests whose response has not begun
         self._current: _Pending | None = None  # request whose body is being received
         self._in_flight: _Pending | None = None  # request whose response is being received
         self._resp_head: ResponseHead | None = None

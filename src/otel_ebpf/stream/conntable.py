@@ -19,7 +19,7 @@ host, and failing that from the direction of the first request.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,7 +81,7 @@ class ListeningPorts:
         return port in self._ports
 
 
-HEALTH_SAMPLES = 64  # per connection: (time, retransmits, srtt) at its last syscalls
+HEALTH_SAMPLES = 16  # per connection: (time, retransmits, srtt) at its last syscalls
 
 
 def _with_health(done: list[Exchange], samples) -> list[Exchange]:
@@ -113,7 +113,7 @@ class _Entry:
         self.sock_id = sock_id
         self.session = session
         self.last_seen = last_seen
-        self.health: deque[tuple[int, int, int]] = deque(maxlen=HEALTH_SAMPLES)  # (wall ts, retrans, srtt)
+        self.health: list[tuple[int, int, int]] = []  # (wall ts, retrans, srtt), the last HEALTH_SAMPLES
 
 
 class ConnectionTable:
@@ -210,7 +210,10 @@ class ConnectionTable:
             to_wall = self._clock.to_wall
             ts_last = to_wall(event.ts_exit)
             ts_first = to_wall(event.ts_enter) if event.direction == Direction.EGRESS else ts_last
-            entry.health.append((ts_last, event.total_retrans, event.srtt_us))
+            health = entry.health
+            health.append((ts_last, event.total_retrans, event.srtt_us))
+            if len(health) > HEALTH_SAMPLES:
+                del health[0]
             if event.segments:
                 done = []
                 for data, missing in event.pieces():
