@@ -218,6 +218,8 @@ class KubeMetadata:
     def _index_pod(self, pod: Pod) -> None:
         key = (pod.namespace, pod.name)
         self._pod_by_uid[pod.uid] = key
+        if pod.mirror:  # a static pod: its cgroup names it by the config hash
+            self._pod_by_uid[pod.mirror] = key
         for cid, _name in pod.containers:
             self._pod_by_container[cid] = key
         if not pod.host_network:
@@ -226,8 +228,9 @@ class KubeMetadata:
 
     def _unindex_pod(self, pod: Pod) -> None:
         key = (pod.namespace, pod.name)
-        if self._pod_by_uid.get(pod.uid) == key:
-            del self._pod_by_uid[pod.uid]
+        for uid in (pod.uid, pod.mirror):
+            if uid and self._pod_by_uid.get(uid) == key:
+                del self._pod_by_uid[uid]
         for cid, _name in pod.containers:
             if self._pod_by_container.get(cid) == key:
                 del self._pod_by_container[cid]

@@ -20,6 +20,9 @@ __all__ = [
 KEPT_LABELS = ("app.kubernetes.io/instance", "app.kubernetes.io/name", "app.kubernetes.io/version",
                "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app", "version")
 ANNOTATION_PREFIX = "resource.opentelemetry.io/"
+# A static pod's mirror in the API server has its own uid; its cgroup carries the kubelet's config
+# hash, which the mirror pod names in this annotation.
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Pod:
     annotations: tuple[tuple[str, str], ...]  # resource.opentelemetry.io/* only
     containers: tuple[tuple[str, str], ...]  # (container id without runtime prefix, container name)
     phase: str
+    mirror: str = ""  # static pods: the kubelet's config hash (annotation kubernetes.io/config.mirror)
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:
@@ -155,6 +159,7 @@ def slim_pod(obj: dict) -> Pod:
         labels=tuple((k, _intern(labels[k])) for k in KEPT_LABELS if k in labels),
         annotations=tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX))),
         containers=tuple(containers), phase=_intern(status.get("phase", "")),
+        mirror=annotations.get(MIRROR_ANNOTATION, ""),
     )
 
 

@@ -167,3 +167,19 @@ def test_metadata_names_a_process_by_its_pod_workload_and_service_and_an_address
         assert meta.identity("127.0.99.99") is None
     finally:
         meta.stop()
+
+
+def test_a_static_pod_is_found_by_the_config_hash_its_cgroup_carries(server):
+    config_hash = "6d0b2f1e8c3a4b5d9e7f1a2b3c4d5e6f"
+    server.add(make_pod("kube-apiserver-node-1", "kube-system", ip="127.0.0.1", node="node-1", host_network=True,
+                        annotations={"kubernetes.io/config.mirror": config_hash}, containers=[("kube-apiserver", None)]))
+    resolver = FixedResolver({7: ContainerRef("containerd", "c" * 64, config_hash, "burstable")})
+    meta = KubeMetadata(KubeConfig(node_name="node-1", istio="off"), api_client=server.api_client(), resolver=resolver)
+    meta.start()
+    try:
+        assert meta.wait_synced(10)
+        attrs = meta.resource_attributes(7)
+        assert attrs["k8s.pod.name"] == "kube-apiserver-node-1" and attrs["k8s.namespace.name"] == "kube-system"
+        assert attrs["container.id"] == "c" * 64
+    finally:
+        meta.stop()
