@@ -37,11 +37,12 @@ _OK = Status(StatusCode.UNSET)
 class DnsContext:
     """What the receiver knows of the socket a query left from (``DnsLookup.context``)."""
 
-    __slots__ = ("connection", "tid")
+    __slots__ = ("connection", "tid", "trace")
 
     def __init__(self, connection: Connection, tid: int) -> None:
         self.connection = connection
         self.tid = tid
+        self.trace = None  # TraceIdentity set by the stitching processor: the request it served
 
 
 def describe_dns(lookup: DnsLookup) -> HttpSemantics:

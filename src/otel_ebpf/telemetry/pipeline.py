@@ -340,12 +340,17 @@ class TelemetryPipeline:
             sem = describe_dns(lookup)
             ctx = lookup.context
             pid = ctx.connection.pid if isinstance(ctx, DnsContext) else 0
-            span = self._builder.build_other(sem, pid=pid, start_ns=lookup.start_ns, end_ns=lookup.end_ns)
+            trace = ctx.trace if isinstance(ctx, DnsContext) else None
+            span = self._builder.build_other(sem, pid=pid, start_ns=lookup.start_ns, end_ns=lookup.end_ns,
+                                             trace=trace)
             self._aggregator.record_duration(DNS_LOOKUP_DURATION, lookup.start_ns, lookup.end_ns, span.resource,
                                              sem.metric_attributes)
         except Exception:
             self._self.add(ERRORS)
             _logger.debug("dropping a DNS lookup that failed in the pipeline", exc_info=True)
+            return
+        if not span.context.trace_flags.sampled:  # the request it served was not sampled
+            self._self.add(UNSAMPLED)
             return
         if not self._batch:
             self._batch_started = time.monotonic()

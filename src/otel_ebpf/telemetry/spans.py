@@ -71,7 +71,7 @@ from opentelemetry.semconv.attributes.telemetry_attributes import (
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_ebpf.processinfo import ProcessInfo, ProcessInfoCache
-from otel_ebpf.records import Exchange
+from otel_ebpf.records import Exchange, TraceIdentity
 from otel_ebpf.telemetry.semantics import (
     SCHEMA_URL,
     SCOPE_NAME,
@@ -221,8 +221,10 @@ class SpanBuilder:
                     attrs[key] = value
         return _HashedResource(attrs, SCHEMA_URL)
 
-    def build_other(self, sem: HttpSemantics, *, pid: int, start_ns: int, end_ns: int) -> ReadableSpan:
-        """A root span from ``sem`` for something other than an exchange (a DNS lookup)."""
+    def build_other(self, sem: HttpSemantics, *, pid: int, start_ns: int, end_ns: int,
+                    trace: TraceIdentity | None = None) -> ReadableSpan:
+        """A span from ``sem`` for something other than an exchange (a DNS lookup): a root, or
+        placed by ``trace`` (the stitching processor's choice)."""
         info = self._process_info.get(pid)
         attributes = sem.attributes
         if self._per_process:
@@ -230,8 +232,16 @@ class SpanBuilder:
         else:
             resource = self._agent_resource
             attributes = {**attributes, **process_attributes(info)}
-        context = SpanContext(self._ids.generate_trace_id(), self._ids.generate_span_id(), False, _SAMPLED)
-        return ReadableSpan(name=sem.name, context=context, parent=None, resource=resource, attributes=attributes,
+        parent = None
+        if trace is not None:
+            flags = _SAMPLED if trace.sampled else _NOT_SAMPLED
+            context = SpanContext(trace.trace_id, trace.span_id, False, flags)
+            if trace.parent_span_id is not None:
+                parent = SpanContext(trace.trace_id, trace.parent_span_id, trace.remote_parent, flags)
+            attributes = {**attributes, PARENT_SOURCE: trace.parent_source.value}
+        else:
+            context = SpanContext(self._ids.generate_trace_id(), self._ids.generate_span_id(), False, _SAMPLED)
+        return ReadableSpan(name=sem.name, context=context, parent=parent, resource=resource, attributes=attributes,
                             kind=sem.kind, status=sem.status, start_time=start_ns,
                             end_time=end_ns if end_ns >= start_ns else start_ns,
                             instrumentation_scope=self._scope)

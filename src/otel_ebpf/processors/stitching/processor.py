@@ -104,6 +104,7 @@ class StitchingProcessor:
         self._restarted: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.counters: dict[str, int] = {
             "otel_ebpf.stitching.parent.header": 0, "otel_ebpf.stitching.parent.thread": 0,
+            "otel_ebpf.stitching.dns_parented": 0,
             "otel_ebpf.stitching.parent.request_id": 0, "otel_ebpf.stitching.parent.process": 0,
             "otel_ebpf.stitching.parent.forwarded": 0,
             "otel_ebpf.stitching.parent.connection": 0, "otel_ebpf.stitching.root": 0,
@@ -329,7 +330,19 @@ class StitchingProcessor:
                 del self._clients_by_conn[flight.conn_key]
 
     def consume_dns(self, lookup) -> None:
-        """DNS lookups are not stitched (yet): passed on as they are."""
+        """A DNS lookup becomes a child of the one inbound request its thread was serving when the
+        query left (the same rule as outbound HTTP calls; several in flight: a root, never a guess).
+        The choice travels on the lookup's context (``DnsContext.trace``)."""
+        ctx = lookup.context
+        conn = getattr(ctx, "connection", None)
+        if conn is not None:
+            with self._lock:
+                serving = self._servers_by_thread.get((conn.pid, ctx.tid), [])
+                parent = serving[0] if len(serving) == 1 and serving[0].trace_id else None
+                if parent is not None:
+                    ctx.trace = TraceIdentity(parent.trace_id, self._ids.generate_span_id(), parent.span_id,
+                                              ParentSource.THREAD, parent.sampled)
+                    self.counters["otel_ebpf.stitching.dns_parented"] += 1
         forward = getattr(self._next, "consume_dns", None)
         if forward is not None:
             forward(lookup)
