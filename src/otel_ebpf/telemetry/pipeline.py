@@ -453,28 +453,24 @@ class TelemetryPipeline:
             self._export_spans(item)
 
     def _export_logs(self, records: list[ReadableLogRecord]) -> None:
-        for exporter in self._log_exporters:
-            try:
-                result = exporter.export(records)
-            except Exception:
-                result = None
-                _logger.debug("log exporter %r raised", exporter, exc_info=True)
-            if result is LogRecordExportResult.SUCCESS:
-                self._self.add(EXPORT_LOGS, len(records), {"exporter": type(exporter).__name__})
-            else:
-                self._self.add(EXPORT_FAILED, 1, {"exporter": type(exporter).__name__, "signal": "logs"})
+        self._export_batch(self._log_exporters, records, LogRecordExportResult.SUCCESS, EXPORT_LOGS, "logs")
 
     def _export_spans(self, batch: list[ReadableSpan]) -> None:
-        for exporter in self._span_exporters:
+        self._export_batch(self._span_exporters, batch, SpanExportResult.SUCCESS, EXPORT_SPANS, "traces")
+
+    def _export_batch(self, exporters: list, batch: list, success, counter: str, signal: str) -> None:
+        """``batch`` to each exporter; what each exported or failed is counted (an exporter that
+        raises counts as failed: exporters must not stop the pipeline)."""
+        for exporter in exporters:
             try:
                 result = exporter.export(batch)
             except Exception:
                 result = None
-                _logger.debug("span exporter %r raised", exporter, exc_info=True)
-            if result is SpanExportResult.SUCCESS:
-                self._self.add(EXPORT_SPANS, len(batch), {"exporter": type(exporter).__name__})
+                _logger.debug("%s exporter %r raised", signal, exporter, exc_info=True)
+            if result is success:
+                self._self.add(counter, len(batch), {"exporter": type(exporter).__name__})
             else:
-                self._self.add(EXPORT_FAILED, 1, {"exporter": type(exporter).__name__, "signal": "traces"})
+                self._self.add(EXPORT_FAILED, 1, {"exporter": type(exporter).__name__, "signal": signal})
 
     def _export_metrics(self) -> None:
         if not self._metric_exporters:

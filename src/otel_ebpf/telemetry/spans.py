@@ -221,10 +221,17 @@ class SpanBuilder:
                     attrs[key] = value
         return _HashedResource(attrs, SCHEMA_URL)
 
+    def build(self, exchange: Exchange, *, semantics: HttpSemantics | None = None) -> ReadableSpan:
+        """A finished span for ``exchange``; pass ``semantics`` if :func:`describe` already ran."""
+        sem = semantics if semantics is not None else describe(exchange)
+        return self.build_other(sem, pid=exchange.connection.pid, start_ns=exchange.start_ns,
+                                end_ns=exchange.end_ns, trace=exchange.trace)
+
     def build_other(self, sem: HttpSemantics, *, pid: int, start_ns: int, end_ns: int,
                     trace: TraceIdentity | None = None) -> ReadableSpan:
-        """A span from ``sem`` for something other than an exchange (a DNS lookup): a root, or
-        placed by ``trace`` (the stitching processor's choice)."""
+        """A finished span from ``sem`` for process ``pid`` (an exchange, a DNS lookup): placed by
+        ``trace`` (the stitching processor's choice), else by the parent ``sem`` read from the
+        headers, else a new root."""
         info = self._process_info.get(pid)
         attributes = sem.attributes
         if self._per_process:
@@ -232,32 +239,8 @@ class SpanBuilder:
         else:
             resource = self._agent_resource
             attributes = {**attributes, **process_attributes(info)}
-        parent = None
-        if trace is not None:
-            flags = _SAMPLED if trace.sampled else _NOT_SAMPLED
-            context = SpanContext(trace.trace_id, trace.span_id, False, flags)
-            if trace.parent_span_id is not None:
-                parent = SpanContext(trace.trace_id, trace.parent_span_id, trace.remote_parent, flags)
-            attributes = {**attributes, PARENT_SOURCE: trace.parent_source.value}
-        else:
-            context = SpanContext(self._ids.generate_trace_id(), self._ids.generate_span_id(), False, _SAMPLED)
-        return ReadableSpan(name=sem.name, context=context, parent=parent, resource=resource, attributes=attributes,
-                            kind=sem.kind, status=sem.status, start_time=start_ns,
-                            end_time=end_ns if end_ns >= start_ns else start_ns,
-                            instrumentation_scope=self._scope)
-
-    def build(self, exchange: Exchange, *, semantics: HttpSemantics | None = None) -> ReadableSpan:
-        """A finished span for ``exchange``; pass ``semantics`` if :func:`describe` already ran."""
-        sem = semantics if semantics is not None else describe(exchange)
-        info = self._process_info.get(exchange.connection.pid)
-        attributes = sem.attributes
-        if self._per_process:
-            resource = self._resource_for_info(info)
-        else:
-            resource = self._agent_resource
-            attributes = {**attributes, **process_attributes(info)}
         links: tuple[Link, ...] = ()
-        ident = exchange.trace
+        ident = trace
         if ident is not None:  # placed by the stitching processor
             flags = _SAMPLED if ident.sampled else _NOT_SAMPLED
             trace_state = sem.parent.trace_state if sem.parent is not None and ident.remote_parent else None
@@ -280,8 +263,8 @@ class SpanBuilder:
                 trace_state = None
                 parent_ctx = None
             context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)
-        start = exchange.start_ns
-        end = exchange.end_ns if exchange.end_ns >= start else start
+        start = start_ns
+        end = end_ns if end_ns >= start else start
         return ReadableSpan(
             name=sem.name,
             context=context,

@@ -111,10 +111,10 @@ def _bounded(data: bytes, max_bytes: int) -> bytes:
     return data
 
 
-def serve(host: str, handler: type[BaseHTTPRequestHandler], thread_name: str) -> tuple[ThreadingHTTPServer,
-                                                                                         threading.Thread]:
-    """A ThreadingHTTPServer on ``host`` (port picked by the kernel), served by a started daemon thread."""
-    server = ThreadingHTTPServer((host, 0), handler)
+def serve(host: str, handler: type[BaseHTTPRequestHandler], thread_name: str, *,
+          port: int = 0) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A ThreadingHTTPServer on ``host:port`` (0: picked by the kernel), served by a started daemon thread."""
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=thread_name,
                               daemon=True)

@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from otel_ebpf.testing._http import BadRequest as _BadRequest
-from otel_ebpf.testing._http import ReceiverHandler, shut_down
+from otel_ebpf.testing._http import ReceiverHandler, serve, shut_down
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, Configuration
@@ -482,11 +482,7 @@ class FakeKubeApiServer:
         class Handler(_Handler):
             kube = self
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-kube-api", daemon=True)
-        self._thread.start()
+        self._server, self._thread = serve(self._host, Handler, "fake-kube-api", port=self._port)
         return self
 
     def stop(self) -> None:
