@@ -31,7 +31,7 @@ venv: $(VENV)/.installed
 bpf: $(BPF_OBJ)
 
 .SECONDEXPANSION:
-src/otel_ebpf/bpf/objects/%.bpf.o: bpf/$$*/$$*.bpf.c bpf/$$*/$$*.h bpf/include/sizing.h bpf/include/vmlinux.h
+src/otel_ebpf/bpf/objects/%.bpf.o: bpf/$$*/$$*.bpf.c bpf/$$*/$$*.h $(wildcard bpf/include/*.h)
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -Wall -Werror=uninitialized -Werror=sometimes-uninitialized -target bpf -D__TARGET_ARCH_$(ARCH) -Wno-gnu-variable-sized-type-not-at-end -Ibpf/include -c $< -o $@
 	llvm-strip -g --keep-section=.BTF --keep-section=.BTF.ext $@ 2>/dev/null || true

@@ -232,22 +232,7 @@ static __always_inline __u64 small_bound(__u64 v)
 	return v;
 }
 
-static __always_inline void stat_add(__u32 idx, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
-	if (v)
-		*v += n;
-}
-
-static __always_inline __u64 rb_flags(void)
-{
-	/* Records go in without waking the reader; it polls on a short timeout
-	 * and is woken early only when the backlog passes wakeup_bytes. One
-	 * wakeup per record costs ~1.5 us per syscall on this class of machine. */
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
+#include "../include/record_helpers.bpf.h"
 
 #define SOCK_DGRAM 2
 #define IPPROTO_UDP 17

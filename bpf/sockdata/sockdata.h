@@ -5,6 +5,8 @@
 #ifndef OTEL_EBPF_SOCKDATA_H
 #define OTEL_EBPF_SOCKDATA_H
 
+#include "../include/conn_tuple.h"
+
 /* Record type tags: every ring-buffer record starts with one (EventType in Python). */
 enum event_type {
 	EVENT_SOCK_DATA = 1,  /* payload of one read/write-family syscall */
@@ -40,16 +42,6 @@ enum stat_index {
 	STAT_SELF_SKIPPED = 4,   /* calls of the agent itself or of the far end of its sockets */
 	STAT_H2_FORWARDED = 5,   /* truncated data events that carry HTTP/2 frames past the capture */
 	STAT_MAX = 6,
-};
-
-/* Addresses in network byte order; IPv4 in the first 4 bytes of saddr/daddr. */
-struct conn_tuple {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport; /* host order (local port) */
-	__u16 dport; /* host order (remote port) */
-	__u16 family; /* AF_INET or AF_INET6 */
-	__u16 _pad;
 };
 
 struct sock_data_event {

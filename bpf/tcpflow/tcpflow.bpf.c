@@ -60,7 +60,7 @@ struct flow {
 	__u8 role;
 	__u8 partial;
 	__u8 _pad[6];
-	struct flow_tuple tuple;
+	struct conn_tuple tuple;
 	char comm[16];
 };
 
@@ -126,23 +126,9 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 
 /* ---- helpers ---- */
 
-static __always_inline void stat_add(__u32 idx, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
-	if (v)
-		*v += n;
-}
+#include "../include/record_helpers.bpf.h"
 
-static __always_inline __u64 rb_flags(void)
-{
-	/* Records go in without waking the reader; it polls on a short timeout
-	 * and is woken early only when the backlog passes wakeup_bytes. */
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline void read_tuple(struct sock *sk, struct flow_tuple *t)
+static __always_inline void read_tuple(struct sock *sk, struct conn_tuple *t)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
@@ -167,7 +153,7 @@ static __always_inline void read_tuple(struct sock *sk, struct flow_tuple *t)
  * read again while it lacks a port, and kept once complete. */
 static __always_inline void refresh_tuple(struct sock *sk, struct flow *f)
 {
-	struct flow_tuple t = {};
+	struct conn_tuple t = {};
 
 	if (f->tuple.sport && f->tuple.dport)
 		return;

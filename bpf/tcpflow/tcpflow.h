@@ -5,6 +5,8 @@
 #ifndef OTEL_EBPF_TCPFLOW_H
 #define OTEL_EBPF_TCPFLOW_H
 
+#include "../include/conn_tuple.h"
+
 /* Record type tags (FlowEventType in Python). Numbered apart from sockdata's
  * event_type so that records of both tracers can never be mistaken. */
 enum flow_event_type {
@@ -37,17 +39,6 @@ enum flow_stat_index {
 	STAT_MAX = 7,
 };
 
-/* Addresses in network byte order; IPv4 in the first 4 bytes of saddr/daddr.
- * The same layout as sockdata.h's conn_tuple. */
-struct flow_tuple {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;  /* host order (local port) */
-	__u16 dport;  /* host order (remote port) */
-	__u16 family; /* AF_INET or AF_INET6 */
-	__u16 _pad;
-};
-
 /* One record per flow event: a snapshot (ACTIVE) or the final summary
  * (CLOSED/FAILED). Counters are totals since the connection opened; bytes are
  * payload bytes only (the SYN and FIN sequence numbers that tcp_sock's RFC 4898
@@ -78,7 +69,7 @@ struct tcp_flow_event {
 	__u8 role;           /* enum flow_role */
 	__u8 partial;        /* 1: first seen mid-life, counters include earlier traffic */
 	__u8 tcp_state;      /* TCP state: before CLOSE for a final record, current for a snapshot */
-	struct flow_tuple tuple;
+	struct conn_tuple tuple;
 	char comm[16];
 };
 
