@@ -18,42 +18,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as SdkGrpc
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as SdkHttp
+sys.path.insert(0, str(Path(__file__).parent))
+from common import NULL_OTLP_SINK, save_results  # noqa: E402
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as SdkGrpc,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as SdkHttp,
+)
 
 from otel_ebpf.processinfo import ProcessInfoCache
 from otel_ebpf.records import Connection, Exchange, HttpRequest, HttpResponse, Role
 from otel_ebpf.telemetry.jsonfile import OtlpJsonFileSpanExporter
-from otel_ebpf.telemetry.otlp_fast import FastOtlpGrpcSpanExporter, FastOtlpHttpSpanExporter
+from otel_ebpf.telemetry.otlp_fast import (
+    FastOtlpGrpcSpanExporter,
+    FastOtlpHttpSpanExporter,
+)
 from otel_ebpf.telemetry.spans import SpanBuilder
 from otel_ebpf.testing.net import free_port, wait_listening
-
-SINK = """
-import sys, grpc
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import threading
-grpc_port, http_port = int(sys.argv[1]), int(sys.argv[2])
-def export(request, context):
-    return b""  # an empty ExportTraceServiceResponse
-handler = grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {
-    "Export": grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)})
-server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 << 20)])
-server.add_generic_rpc_handlers((handler,))
-server.add_insecure_port(f"127.0.0.1:{grpc_port}")
-server.start()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0"); self.end_headers()
-httpd = ThreadingHTTPServer(("127.0.0.1", http_port), H)
-threading.Thread(target=httpd.serve_forever, daemon=True).start()
-print("ready", flush=True)
-server.wait_for_termination()
-"""
 
 
 def agent_spans(n: int) -> list:
@@ -71,6 +53,9 @@ def agent_spans(n: int) -> list:
     return spans
 
 
+RESULTS: dict[str, dict] = {}
+
+
 def run(name: str, exporter, spans: list, batch: int) -> None:
     exporter.export(spans[:batch])  # connect, warm caches
     t0, c0 = time.perf_counter(), time.process_time()
@@ -82,6 +67,7 @@ def run(name: str, exporter, spans: list, batch: int) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     exporter.shutdown()
     print(f"{name:<44} {len(spans) / wall:>10,.0f} spans/s  {len(spans) / cpu:>10,.0f} spans per CPU-second")
+    RESULTS[name] = {"spans_per_s": len(spans) / wall, "spans_per_cpu_s": len(spans) / cpu}
 
 
 def main() -> None:
@@ -90,7 +76,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     args = ap.parse_args()
     grpc_port, http_port = free_port(), free_port()
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(grpc_port), str(http_port)], stdout=subprocess.PIPE,
+    sink = subprocess.Popen([sys.executable, "-c", NULL_OTLP_SINK, str(grpc_port), str(http_port)], stdout=subprocess.PIPE,
                             text=True)
     try:
         assert sink.stdout.readline().strip() == "ready"
@@ -106,6 +92,7 @@ def main() -> None:
         run("OTLP/HTTP protobuf, SDK encoder", SdkHttp(endpoint=http_endpoint), spans, args.batch)
         with tempfile.TemporaryDirectory() as tmp:
             run("OTLP/JSON lines file", OtlpJsonFileSpanExporter(Path(tmp) / "traces.jsonl"), spans, args.batch)
+        save_results("bench_export", RESULTS)
     finally:
         sink.terminate()
         sink.wait(10)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Nginx  # noqa: E402
+from common import Nginx, save_results  # noqa: E402
 
 from otel_ebpf.bpf.tcpflow import TcpFlowTracer  # noqa: E402
 
@@ -80,12 +80,16 @@ def main() -> None:
     try:
         print(f"{'conn/s asked':>12} {'achieved':>9} {'attempted':>9} {'served':>7} {'segments':>9} {'records':>8}"
               f" {'lost':>5} {'rec/conn':>9} {'rec/segment':>12}")
+        results = []
         for rate in args.rates:
             r = run(rate, args.seconds, nginx)
+            results.append(r)
             print(f"{r['rate']:>12} {r['achieved_conn_per_s']:>9.0f} {r['attempted']:>9} {r['connections']:>7}"
                   f" {r['segments']:>9}"
                   f" {r['records']:>8} {r['lost']:>5} {r['records_per_connection']:>9.2f}"
                   f" {r['records_per_segment']:>12.3f}", flush=True)
+        print("target: one record per connection at close (+ one per live connection per interval), none per packet")
+        save_results("bench_flows", results)
     finally:
         nginx.stop()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import BENCH_CONN as CONN  # noqa: E402
-from common import FIXTURES_ROOT, bench_sessions, print_interpreter_scale  # noqa: E402
+from common import FIXTURES_ROOT, bench_sessions, print_interpreter_scale, save_results  # noqa: E402
 
 from otel_ebpf.protocols.http1 import Http1Session, Http1Stats  # noqa: E402
 from otel_ebpf.records import Direction  # noqa: E402
@@ -43,15 +43,17 @@ def bench(label: str, units: list[tuple[Direction, bytes]], seconds: float, tria
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
     units = fixture_units("keepalive_100")
-    bench("keepalive_100, one call per read/write", units, seconds)
+    results = {}
+    results["keepalive_100"] = bench("keepalive_100, one call per read/write", units, seconds)
     requests = b"".join(data for d, data in units if d == Direction.INGRESS)
     responses = b"".join(data for d, data in units if d == Direction.EGRESS)
-    bench("keepalive_100, all requests then all responses", [(Direction.INGRESS, requests),
+    results["keepalive_100_batched"] = bench("keepalive_100, all requests then all responses", [(Direction.INGRESS, requests),
                                                             (Direction.EGRESS, responses)], seconds)
     simple = [(Direction.INGRESS, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
               (Direction.EGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")] * 100
-    bench("minimal GET / 200, one call per read/write", simple, seconds)
+    results["minimal"] = bench("minimal GET / 200, one call per read/write", simple, seconds)
     print_interpreter_scale()
+    save_results("bench_http1_parser", {"exchanges_per_s": results})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import BENCH_CONN as CONN  # noqa: E402
-from common import FIXTURES_ROOT, bench_sessions, print_interpreter_scale  # noqa: E402
+from common import FIXTURES_ROOT, bench_sessions, print_interpreter_scale, save_results  # noqa: E402
 
 from otel_ebpf.protocols.http2 import PREFACE, Http2Session, Http2Stats  # noqa: E402
 from otel_ebpf.records import Direction  # noqa: E402
@@ -69,10 +69,14 @@ def bench(label: str, units: list[tuple[Direction, bytes]], seconds: float, tria
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    bench("simple GET / 200 (preface + 100 exchanges), one call per write", simple_units(), seconds)
-    bench("grpc_unary fixture (10 unary calls), one call per read/write", fixture_units("grpc_unary"), seconds)
-    bench("h2load_100 fixture (100 concurrent streams)", fixture_units("h2load_100"), seconds)
+    results = {
+        "simple": bench("simple GET / 200 (preface + 100 exchanges), one call per write", simple_units(), seconds),
+        "grpc_unary": bench("grpc_unary fixture (10 unary calls), one call per read/write", fixture_units("grpc_unary"),
+                            seconds),
+        "h2load_100": bench("h2load_100 fixture (100 concurrent streams)", fixture_units("h2load_100"), seconds),
+    }
     print_interpreter_scale()
+    save_results("bench_http2_parser", {"exchanges_per_s": results})
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import save_results  # noqa: E402
 
 from otel_ebpf.kube.metadata import KubeConfig, KubeMetadata  # noqa: E402
 from otel_ebpf.testing.fake_kube import (  # noqa: E402
-    FakeKubeApiServer, make_deployment, make_pod, make_replicaset, make_service,
+    FakeKubeApiServer,
+    make_deployment,
+    make_pod,
+    make_replicaset,
+    make_service,
 )
 
 
@@ -84,6 +89,9 @@ def main() -> None:
               f" (the client's models); data {data / 2**20:.1f} MiB = {data / pods:.0f} bytes per pod (stores and"
               f" indexes of every kind)  peak during sync {peak / 2**20:.1f} MiB")
         print(f"RSS growth {(rss1 - rss0) / 1024:.1f} MiB  initial sync {synced_s:.1f} s")
+        save_results("bench_kube_cache", {"pods": pods, "heap_held_bytes": held, "import_bytes": imports,
+                                          "bytes_per_pod": data / pods, "peak_bytes": peak,
+                                          "rss_growth_kib": rss1 - rss0, "sync_s": synced_s})
         meta.stop()
 
 

@@ -16,27 +16,41 @@ from otel_ebpf.records import Connection, Direction, Role
 from otel_ebpf.testing.net import free_port, wait_listening
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS_DIR_ENV = "OTEL_EBPF_BENCH_RESULTS"
+
+
+def save_results(name: str, data) -> Path | None:
+    """Writes ``data`` as ``<dir>/<name>.json`` when ``$OTEL_EBPF_BENCH_RESULTS`` names a directory
+    (``make bench`` sets it); returns the path written."""
+    directory = os.environ.get(RESULTS_DIR_ENV)
+    if not directory:
+        return None
+    path = Path(directory) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
+    return path
 
 
 class Nginx:
     """nginx on 127.0.0.1 serving a small static page (one worker, access log off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
         self.port = free_port()
         (self.dir / "www").mkdir()
         (self.dir / "www" / "index.html").write_text("hello from nginx\n" * 8)
         conf = self.dir / "nginx.conf"
         conf.write_text(f"""
-daemon off; master_process off; worker_processes 1; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;
-events {{ worker_connections 4096; }}
+daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 32768; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;
+events {{ worker_connections 16384; }}
 http {{ access_log off; sendfile on; keepalive_requests 1000000;
   client_body_temp_path {self.dir}/b; proxy_temp_path {self.dir}/p; fastcgi_temp_path {self.dir}/f;
   uwsgi_temp_path {self.dir}/u; scgi_temp_path {self.dir}/s;
   server {{ listen 127.0.0.1:{self.port}; root {self.dir}/www; }} }}
 """)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.dir)], stdout=subprocess.DEVNULL,
+        pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+        self.proc = subprocess.Popen([*pin, nginx, "-c", str(conf), "-p", str(self.dir)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_listening(self.port)
 
@@ -55,6 +69,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def prog_ids(pid: int) -> set[int]:
+    """prog_id of every BPF program fd process ``pid`` holds (/proc/PID/fdinfo)."""
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+# An OTLP receiver on loopback (gRPC and HTTP, traces, metrics and logs) that answers without
+# decoding: `python -c NULL_OTLP_SINK GRPC_PORT HTTP_PORT`, prints "ready". It stands for a Collector.
+NULL_OTLP_SINK = """
+import sys, grpc, threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+grpc_port, http_port = int(sys.argv[1]), int(sys.argv[2])
+def export(request, context):
+    return b""  # an empty Export*ServiceResponse
+handlers = [grpc.method_handlers_generic_handler(f"opentelemetry.proto.collector.{s}.v1.{n}Service", {
+    "Export": grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)})
+    for s, n in (("trace", "Trace"), ("metrics", "Metrics"), ("logs", "Logs"))]
+server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 << 20)])
+server.add_generic_rpc_handlers(handlers)
+server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+server.start()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0"); self.end_headers()
+httpd = ThreadingHTTPServer(("127.0.0.1", http_port), H)
+threading.Thread(target=httpd.serve_forever, daemon=True).start()
+print("ready", flush=True)
+server.wait_for_termination()
+"""
+
+
 def rss_mib(pid: int, key: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -62,9 +125,10 @@ def rss_mib(pid: int, key: str = "VmHWM") -> float:
     return 0.0
 
 
-def wrk(url: str, *, seconds: int, connections: int = 8, threads: int = 1) -> dict[str, float]:
-    """Closed-loop HTTP/1.1 load; returns requests, rps and p99 latency (ms)."""
-    out = subprocess.run(["timeout", str(seconds + 30), "wrk", "--latency", "-t", str(threads), "-c",
+def wrk(url: str, *, seconds: int, connections: int = 8, threads: int = 1,
+        prefix: list[str] | None = None) -> dict[str, float]:
+    """Closed-loop HTTP/1.1 load; returns requests, rps and p99 latency (ms). ``prefix``: e.g. taskset."""
+    out = subprocess.run([*(prefix or []), "timeout", str(seconds + 30), "wrk", "--latency", "-t", str(threads), "-c",
                           str(connections), "-d", f"{seconds}s", url], capture_output=True, text=True,
                          check=True).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))

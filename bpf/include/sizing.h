@@ -19,6 +19,16 @@
 /* In-flight syscalls (one per thread blocked in a traced syscall). */
 #define MAX_ACTIVE_CALLS 16384
 
+/* Per-thread slots for data syscalls between entry and exit, indexed by thread
+ * id modulo this (the default pid_max: no two threads share a slot there).
+ * Threads sharing a slot lose only the entry time of an overlapping call. */
+#define MAX_CALL_SLOTS 32768
+
+/* Sockets whose fd -> socket resolution, 4-tuple and filter verdicts are cached
+ * (LRU, keyed by struct file). Past it a socket is resolved again in full (~12
+ * more reads at its next syscall). Each value is 88 bytes. */
+#define MAX_CACHED_SOCKS 16384
+
 /* Sockets whose role (client/server) is known from connect/accept. */
 #define MAX_TRACKED_SOCKS 65536
 

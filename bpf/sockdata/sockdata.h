@@ -36,12 +36,14 @@ enum syscall_id {
 /* Indexes of the per-CPU `stats` array (Stat in Python). */
 enum stat_index {
 	STAT_EVENTS = 0,         /* records submitted */
-	STAT_LOST = 1,           /* ring buffer full: record dropped */
-	STAT_ACTIVE_FULL = 2,    /* in-flight call table full: call not traced */
+	STAT_LOST = 1,           /* record dropped: ring buffer full, or the reservation refused */
+	STAT_ACTIVE_FULL = 2,    /* in-flight call table full: call not traced (kept for user space:
+	                          * the per-thread slots never refuse a call, see `calls`) */
 	STAT_TRUNCATED = 3,      /* data events whose payload exceeded the capture */
 	STAT_SELF_SKIPPED = 4,   /* calls of the agent itself or of the far end of its sockets */
 	STAT_H2_FORWARDED = 5,   /* truncated data events that carry HTTP/2 frames past the capture */
-	STAT_MAX = 6,
+	STAT_LOST_WITH_ROOM = 6, /* of STAT_LOST: the ring had room for the record when it was refused */
+	STAT_MAX = 7,
 };
 
 struct sock_data_event {
@@ -49,7 +51,8 @@ struct sock_data_event {
 	__u32 tgid;
 	__u32 tid;
 	__s32 fd;
-	__u64 ts_enter; /* CLOCK_MONOTONIC ns at syscall entry */
+	__u64 ts_enter; /* CLOCK_MONOTONIC ns at syscall entry; == ts_exit for reads unless
+	                 * the tracer is asked for their entry times (knob ingress_enter) */
 	__u64 ts_exit;  /* ... and at exit */
 	__u64 sock_id;  /* kernel address of struct sock */
 	__u32 len;      /* bytes the syscall moved (its return value, per message for mmsg) */
@@ -93,6 +96,7 @@ struct conn_event {
 struct filter_config {
 	__u32 pid_filter;  /* 1: only tgids in `filter_pids` */
 	__u32 port_filter; /* 1: only connections whose local or remote port is in `filter_ports` */
+	__u32 generation;  /* bumped by user space at every change: cached port verdicts are redone */
 };
 
 #endif

@@ -74,6 +74,9 @@ def _load_config(path: str | None, *, no_summary: bool = False) -> ServiceConfig
 
 
 def _cmd_run(args) -> int:
+    from .service.runtime import MallocTuning, tune_gc
+
+    malloc = MallocTuning()  # before the agent's threads exist
     from .service.agent import Agent
 
     cfg = _load_config(args.config, no_summary=args.no_summary)
@@ -92,6 +95,7 @@ def _cmd_run(args) -> int:
     except BaseException:
         agent.shutdown(timeout_s=5)
         raise
+    tune_gc()  # start-up's objects out of the collector's reach; collections spaced out
     print(f"otel-ebpf ready: {len(agent.attached_programs)} probes attached, pid {os.getpid()}",
           file=sys.stderr, flush=True)
     try:
@@ -101,6 +105,7 @@ def _cmd_run(args) -> int:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             stop.wait(timeout)
+            malloc.maybe_trim(time.monotonic())
     finally:
         agent.shutdown()
     print("otel-ebpf stopped: telemetry flushed, probes detached", file=sys.stderr, flush=True)

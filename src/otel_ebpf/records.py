@@ -7,7 +7,10 @@ Usage::
         print(exchange.request.method, exchange.request.target, exchange.response.status)
 
 Records are immutable dataclasses with slots; processors return new ones
-(``dataclasses.replace``). Every timestamp in a record is wall-clock
+(``dataclasses.replace``), except for an exchange's annotation fields (``route``,
+``url_template``, ``trace``), which the stages between the receiver and the span builder set in
+place with :func:`annotate`: each exchange has one owner on that path, and a copy per stage
+cost more than the rest of the stage. Every timestamp in a record is wall-clock
 nanoseconds since the Unix epoch: receivers convert the kernel's
 CLOCK_MONOTONIC stamps once, in :mod:`otel_ebpf.bpf.clock`.
 """
@@ -16,6 +19,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+_set_field = object.__setattr__
+ANNOTATIONS = frozenset(("route", "url_template", "trace"))
+
+
+def annotate(exchange: "Exchange", **fields) -> "Exchange":
+    """Sets annotation fields (``route``, ``url_template``, ``trace``) of ``exchange`` in place and
+    returns it. Only the stage that owns the exchange (it was handed over to it) may call this."""
+    for name, value in fields.items():
+        if name not in ANNOTATIONS:
+            raise TypeError(f"{name!r} is not an annotation field of Exchange")
+        _set_field(exchange, name, value)
+    return exchange
+
 
 Headers = tuple[tuple[str, str], ...]
 """Header lines in wire order, names lower-cased, values as sent (latin-1 decoded)."""

@@ -12,6 +12,7 @@ from otel_ebpf.bpf.recording import RecordingWriter
 from otel_ebpf.bpf.sockdata import object_path
 from otel_ebpf.cli import main
 from otel_ebpf.records import Direction, Role
+from otel_ebpf.service.runtime import MallocTuning
 
 from .stream.events_factory import conn_record, fixture_chunks, sock_data_record
 
@@ -162,3 +163,24 @@ def test_replay_of_a_file_that_is_not_a_recording_returns_1_with_one_line(tmp_pa
 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an otel-ebpf recording" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Process memory: malloc arenas capped, free heap given back periodically
+# ---------------------------------------------------------------------------------------------
+
+
+def test_malloc_tuning_caps_arenas_unless_the_environment_already_does():
+    tuning = MallocTuning(environ={})
+    assert tuning.applied == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 256 * 1024}
+    tuning.trim()
+    assert MallocTuning(environ={"MALLOC_ARENA_MAX": "8"}).applied == {"MALLOC_MMAP_THRESHOLD_": 256 * 1024}
+
+
+def test_malloc_trim_runs_at_most_once_per_interval(monkeypatch):
+    tuning = MallocTuning(environ={}, trim_interval_s=5.0)
+    calls = []
+    monkeypatch.setattr(tuning, "trim", lambda: calls.append(1))
+    for now in (100.0, 101.0, 104.9, 105.0, 106.0, 110.5):
+        tuning.maybe_trim(now)
+    assert len(calls) == 3  # at 100, 105 and 110.5

@@ -58,6 +58,7 @@ class Stat(enum.IntEnum):
     TRUNCATED = 3
     SELF_SKIPPED = 4
     H2_FORWARDED = 5
+    LOST_WITH_ROOM = 6  # of LOST: refused while the ring had room (see count_lost in sockdata.bpf.c)
 
 
 @dataclass(slots=True)

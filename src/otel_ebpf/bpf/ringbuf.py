@@ -12,10 +12,13 @@ libbpf 1.1 (Debian bookworm) has no ``ring_buffer__consume_n`` and its
 ``ring_buffer__poll`` calls back once per record, which costs microseconds per
 record through ctypes. The ring's memory layout is kernel ABI
 (``kernel/bpf/ringbuf.c``): page 0 holds the consumer position (writable by
-user space), page 1 the producer position, then the data area mapped twice in
-a row so that a record wrapping the end reads contiguously. Each record starts
-with an 8-byte header: ``u32 len`` whose bit 31 is BUSY (still being written)
-and bit 30 DISCARD, and a ``u32`` page offset; records are 8-byte aligned.
+user space), page 1 the producer position, then the data area, which the kernel
+offers mapped twice in a row so that a record wrapping the end reads
+contiguously. We map it once (its pages are all resident from mmap on, so the
+second copy would add the ring's size again to the agent's RSS) and join the
+two parts of a wrapping record. Each record starts with an 8-byte header:
+``u32 len`` whose bit 31 is BUSY (still being written) and bit 30 DISCARD, and a
+``u32`` page offset; records are 8-byte aligned, so a header never wraps.
 
 On x86-64 plain loads from the mapping are ordered enough for this protocol (the
 kernel publishes with smp_store_release; loads are not reordered with older
@@ -48,7 +51,7 @@ class RingBufReader:
         self._mask = size - 1
         self._max_batch = max_batch
         self._cons = mmap.mmap(map_fd, self._page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(map_fd, self._page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=self._page)
+        self._prod = mmap.mmap(map_fd, self._page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=self._page)
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self.records = 0
@@ -65,21 +68,26 @@ class RingBufReader:
         data = self._prod
         base = self._page
         mask = self._mask
+        size = self._size
         out: list[bytes] = []
         append = out.append
         unpack_len = _u32.unpack_from
         limit = self._max_batch
         start = cons
         while cons < prod and len(out) < limit:
-            off = base + (cons & mask)
+            pos = cons & mask
+            off = base + pos
             hdr = unpack_len(data, off)[0]
             if hdr & _BUSY:
                 break
             length = hdr & ~(_BUSY | _DISCARD)
             if hdr & _DISCARD:
                 self.discarded += 1
-            else:
+            elif pos + _HDR + length <= size:
                 append(data[off + _HDR : off + _HDR + length])
+            else:  # wraps the end of the data area
+                tail = pos + _HDR + length - size
+                append(data[off + _HDR : base + size] + data[base : base + tail])
             cons += (length + _HDR + 7) & ~7
         if cons != start:
             _u64.pack_into(self._cons, 0, cons)

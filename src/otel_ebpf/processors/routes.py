@@ -46,13 +46,12 @@ is kept (the guess only fills what is missing); a configured match always wins.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from otel_ebpf.records import Exchange
+from otel_ebpf.records import Exchange, annotate
 
 __all__ = ["RoutesConfig", "RoutesProcessor", "guess_template", "target_path"]
 
@@ -284,4 +283,4 @@ class RoutesProcessor:
             template = exchange.url_template or exchange.route or template
         if route == exchange.route and template == exchange.url_template:
             return exchange
-        return dataclasses.replace(exchange, route=route, url_template=template)
+        return annotate(exchange, route=route, url_template=template)

@@ -81,25 +81,30 @@ class ListeningPorts:
         return port in self._ports
 
 
-HEALTH_SAMPLES = 16  # per connection: (time, retransmits, srtt) at its last syscalls
+HEALTH_CHANGES = 16  # per connection: the (time, retransmits) of its last retransmit-count changes
 
 
-def _with_health(done: list[Exchange], samples) -> list[Exchange]:
-    """Exchanges with the TCP health of their connection over them: retransmits between the last
-    sample at or before the exchange's start (else the oldest kept) and the latest one."""
-    if not samples:
+def _with_health(done: list[Exchange], entry: _Entry) -> list[Exchange]:
+    """Exchanges with the TCP health of their connection over them: the retransmits since the count
+    in effect at the exchange's start (the last change at or before it, else the oldest kept), and
+    the latest smoothed RTT."""
+    changes = entry.health
+    if not changes:
         return done
-    last = samples[-1]
+    last = entry.retrans
+    health = None
     for ex in done:
-        base = samples[0]
+        base = changes[0][1]
         start = ex.start_ns
-        for sample in reversed(samples):
-            if sample[0] <= start:
-                base = sample
+        for ts, retrans in reversed(changes):
+            if ts <= start:
+                base = retrans
                 break
+        if health is None or health.retransmits != last - base:
+            health = TcpHealth(max(0, last - base), entry.srtt)
         # Set on the record in place: the session has just made it and nothing else holds it yet
         # (dataclasses.replace costs ~8 µs per exchange on this path, a tenth of the receiver's budget).
-        _set_field(ex, "tcp", TcpHealth(max(0, last[1] - base[1]), last[2]))
+        _set_field(ex, "tcp", health)
     return done
 
 
@@ -107,13 +112,17 @@ _set_field = object.__setattr__  # frozen dataclasses refuse plain assignment
 
 
 class _Entry:
-    __slots__ = ("sock_id", "session", "last_seen", "health")
+    # A connection's TCP health is kept as its retransmit count's changes (it rarely changes), not
+    # one sample per syscall: 16 samples were ~1.9 KB per busy connection, this is ~150 bytes.
+    __slots__ = ("sock_id", "session", "last_seen", "health", "retrans", "srtt")
 
     def __init__(self, sock_id: int, session: DetectingSession, last_seen: int):
         self.sock_id = sock_id
         self.session = session
         self.last_seen = last_seen
-        self.health: list[tuple[int, int, int]] = []  # (wall ts, retrans, srtt), the last HEALTH_SAMPLES
+        self.health: list[tuple[int, int]] = []  # (wall ts, retransmits) at its last HEALTH_CHANGES changes
+        self.retrans = -1  # at the latest syscall (-1: none seen yet)
+        self.srtt = 0  # smoothed RTT at the latest syscall, µs
 
 
 class ConnectionTable:
@@ -210,10 +219,14 @@ class ConnectionTable:
             to_wall = self._clock.to_wall
             ts_last = to_wall(event.ts_exit)
             ts_first = to_wall(event.ts_enter) if event.direction == Direction.EGRESS else ts_last
-            health = entry.health
-            health.append((ts_last, event.total_retrans, event.srtt_us))
-            if len(health) > HEALTH_SAMPLES:
-                del health[0]
+            retrans = event.total_retrans
+            if retrans != entry.retrans:
+                health = entry.health
+                health.append((ts_last, retrans))
+                if len(health) > HEALTH_CHANGES:
+                    del health[0]
+                entry.retrans = retrans
+            entry.srtt = event.srtt_us
             if event.segments:
                 done = []
                 for data, missing in event.pieces():
@@ -222,7 +235,7 @@ class ConnectionTable:
                 done = session.on_data(event.direction, event.data, ts_first, ts_last, missing=event.missing,
                                        tid=event.tid)
             if done:
-                done = _with_health(done, entry.health)
+                done = _with_health(done, entry)
                 self.stats.exchanges += len(done)
                 if not out:
                     return done

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections import OrderedDict
+from itertools import islice
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -75,6 +75,17 @@ _BOUNDED_PEER_KEYS = ("service.peer.name", "service.peer.namespace", "otel_ebpf.
                       "otel_ebpf.peer.k8s.workload.name")
 _MAX_TRACE_IDS = 32  # per flow and interval, in the flow log
 _MAX_JOINED_FLOWS = 65536  # connections whose recent trace ids are remembered
+
+
+def _forget_oldest(table: dict, limit: int) -> None:
+    """Past ``limit`` entries, forget the oldest sixteenth of ``table`` in one pass.
+
+    Per-connection tables are plain dicts (an OrderedDict entry costs about 50 bytes more), kept in
+    insertion order. Evicting one entry per insert with ``next(iter(table))`` would rescan the
+    deleted slots at the front each time; a batch amortises that."""
+    if len(table) > limit:
+        for key in list(islice(table, len(table) - limit + limit // 16)):
+            del table[key]
 
 
 def server_side(flow: TcpFlow) -> tuple[str, int]:
@@ -171,30 +182,34 @@ class FlowTelemetry:
         self._series: dict[Resource, dict[tuple, _Series]] = {}
         self._n_series = 0
         self.overflowed = 0
-        self._opened: OrderedDict[int, None] = OrderedDict()  # flows already counted as opened
+        self._opened: dict[int, None] = {}  # flows already counted as opened
         self._resets: dict[int, tuple[int, int]] = {}  # flow -> (sent, received) already counted
-        self._traces: OrderedDict[int, list[int]] = OrderedDict()  # sock id -> trace ids since last record
+        # sock id -> the trace id (an int: one trace per connection is the common case), or the
+        # list of trace ids, of the spans seen since the connection's last flow record
+        self._traces: dict[int, int | list[int]] = {}
 
     # -- the join with spans ------------------------------------------------------------------
 
     def note_span(self, sock_id: int, trace_id: int) -> None:
         """A span was made from an exchange on connection ``sock_id`` (= the flow id)."""
-        ids = self._traces.get(sock_id)
+        traces = self._traces
+        ids = traces.get(sock_id)
         if ids is None:
-            self._traces[sock_id] = [trace_id]
-            if len(self._traces) > _MAX_JOINED_FLOWS:
-                self._traces.popitem(last=False)
+            traces[sock_id] = trace_id
+            _forget_oldest(traces, _MAX_JOINED_FLOWS)
+        elif type(ids) is int:
+            if ids != trace_id:
+                traces[sock_id] = [ids, trace_id]
         elif len(ids) < _MAX_TRACE_IDS and trace_id not in ids:
             ids.append(trace_id)
 
     def take_trace_ids(self, flow_id: int, *, final: bool) -> list[int]:
-        """Trace ids seen on the connection since its previous record (forgotten at its end)."""
-        ids = self._traces.pop(flow_id, None) if final else self._traces.get(flow_id)
+        """Trace ids seen on the connection since its previous record (forgotten once taken, at
+        an interim record as at its end)."""
+        ids = self._traces.pop(flow_id, None)
         if ids is None:
             return []
-        if not final:
-            self._traces[flow_id] = []
-        return ids
+        return [ids] if type(ids) is int else ids
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -219,8 +234,7 @@ class FlowTelemetry:
                     self._add(OPENED, resource, attrs, 1, now)
                 if not final:
                     self._opened[flow.flow_id] = None
-                    if len(self._opened) > _MAX_JOINED_FLOWS:
-                        self._opened.popitem(last=False)
+                    _forget_oldest(self._opened, _MAX_JOINED_FLOWS)
                 else:
                     self._opened.pop(flow.flow_id, None)
                     self._add(CLOSED, resource, attrs, 1, now)
@@ -244,8 +258,7 @@ class FlowTelemetry:
                           flow.resets_received - received0, now)
             if not final and (flow.resets_sent or flow.resets_received):
                 self._resets[flow.flow_id] = (flow.resets_sent, flow.resets_received)
-                if len(self._resets) > _MAX_JOINED_FLOWS:
-                    self._resets.pop(next(iter(self._resets)))
+                _forget_oldest(self._resets, _MAX_JOINED_FLOWS)
 
     def _slot(self, metric: str, resource: Resource, attrs: dict[str, Any], now: int) -> _Series:
         by_key = self._series.setdefault(resource, {})

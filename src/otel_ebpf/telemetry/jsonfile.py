@@ -64,7 +64,7 @@ from opentelemetry.sdk.metrics.view import Aggregation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_ebpf.telemetry.otlp_fast import trace_request_json
+from otel_ebpf.telemetry.otlp_fast import trace_request_json_text
 
 __all__ = [
     "DEFAULT_BACKUPS",
@@ -162,7 +162,7 @@ class _RotatingFile:
         self._size = 0
         self._closed = False
 
-    def write_line(self, line: bytes) -> None:
+    def write_line(self, line: bytes, *, flush: bool = True) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError(f"{self.path} is closed")
@@ -171,7 +171,8 @@ class _RotatingFile:
             if self._size > 0 and self._size + len(line) > self._max_bytes:
                 self._rotate()
             self._file.write(line)
-            self._file.flush()
+            if flush:
+                self._file.flush()
             self._size += len(line)
 
     def flush(self) -> None:
@@ -232,7 +233,9 @@ class _JsonLineWriter:
             message = encode()
             if message is None:  # nothing to write
                 return True
-            if isinstance(message, dict):  # already an OTLP/JSON document (spans: otlp_fast)
+            if isinstance(message, str):  # already OTLP/JSON text (spans: otlp_fast)
+                text = message
+            elif isinstance(message, dict):  # an OTLP/JSON document
                 text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
             else:
                 text = encode_otlp_json(message)
@@ -303,8 +306,8 @@ class OtlpJsonFileSpanExporter(SpanExporter):
         return self._writer.last_error
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        # The document straight from the spans (otlp_fast), equal to the protobuf route's, 10x faster.
-        ok = self._writer.write(lambda: trace_request_json(spans) if spans else None)
+        # The document's text straight from the spans (otlp_fast), equal to the protobuf route's, ~15x faster.
+        ok = self._writer.write(lambda: trace_request_json_text(spans) if spans else None)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -450,17 +453,17 @@ class FlowJsonLinesExporter(LogRecordExporter):
         if self._shutdown:
             return LogRecordExportResult.FAILURE
         try:
-            lines = []
-            for item in batch:
-                record = item.log_record
-                obj: dict[str, Any] = {"time_unix_nano": record.timestamp, "event": record.event_name,
-                                       "service.name": item.resource.attributes.get("service.name")}
-                for key, value in (record.attributes or {}).items():
-                    obj[key] = list(value) if isinstance(value, tuple) else value
-                lines.append(json.dumps(obj, separators=(",", ":")) + "\n")
+            # Line by line into the file's buffer, one flush at the end: a burst of closing
+            # connections is thousands of records, never held as lines all at once.
             with self._lock:
-                for line in lines:
-                    self._file.write_line(line.encode("utf-8", "replace"))
+                for item in batch:
+                    record = item.log_record
+                    obj: dict[str, Any] = {"time_unix_nano": record.timestamp, "event": record.event_name,
+                                           "service.name": item.resource.attributes.get("service.name")}
+                    for key, value in (record.attributes or {}).items():
+                        obj[key] = list(value) if isinstance(value, tuple) else value
+                    line = json.dumps(obj, separators=(",", ":")) + "\n"
+                    self._file.write_line(line.encode("utf-8", "replace"), flush=False)
                 self._file.flush()
         except Exception:
             self.failed_exports += 1

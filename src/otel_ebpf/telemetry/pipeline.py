@@ -453,7 +453,13 @@ class TelemetryPipeline:
             self._export_spans(item)
 
     def _export_logs(self, records: list[ReadableLogRecord]) -> None:
-        self._export_batch(self._log_exporters, records, LogRecordExportResult.SUCCESS, EXPORT_LOGS, "logs")
+        # Flow records come due together (thousands when many connections close at once) and the
+        # SDK's OTLP log encoders build a whole request as protobuf objects (~10 KiB per record
+        # while encoding): requests of at most max_batch records keep that to a few MiB.
+        step = self._max_batch
+        for start in range(0, len(records), step):
+            self._export_batch(self._log_exporters, records[start:start + step], LogRecordExportResult.SUCCESS,
+                               EXPORT_LOGS, "logs")
 
     def _export_spans(self, batch: list[ReadableSpan]) -> None:
         self._export_batch(self._span_exporters, batch, SpanExportResult.SUCCESS, EXPORT_SPANS, "traces")

@@ -413,3 +413,33 @@ def test_a_failing_on_new_process_callback_does_not_stop_the_connection(table):
     [ex] = table.handle(sock.write(RESPONSE_1, ts_enter=3_000, ts_exit=3_200))
 
     assert ex.request.target == "/items/1"
+
+
+def _with_tcp(event, retrans: int, srtt: int):
+    event.total_retrans, event.srtt_us = retrans, srtt
+    return event
+
+
+def test_each_exchange_gets_the_retransmits_during_it_and_the_latest_rtt(table):
+    sock = FakeSocket()
+    table.handle(sock.open(ts=1 * MS))
+    # Exchange 1: 3 segments were retransmitted before it (on the handshake), 2 during it.
+    assert table.handle(_with_tcp(sock.read(REQUEST_1, ts_enter=2 * MS, ts_exit=2 * MS + 10), 3, 120)) == []
+    [first] = table.handle(_with_tcp(sock.write(RESPONSE_1, ts_enter=3 * MS, ts_exit=3 * MS + 10), 5, 250))
+    # Exchange 2: none during it, many syscalls in between (a long idle keep-alive stretch).
+    for i in range(40):
+        table.handle(_with_tcp(sock.read(b"", ts_enter=(4 + i) * MS, ts_exit=(4 + i) * MS + 5, length=0), 5, 300))
+    table.handle(_with_tcp(sock.read(REQUEST_2, ts_enter=50 * MS, ts_exit=50 * MS + 10), 5, 300))
+    table.handle(_with_tcp(sock.write(RESPONSE_2_HEAD, ts_enter=51 * MS, ts_exit=51 * MS + 10), 5, 300))
+    [second] = table.handle(_with_tcp(sock.write(RESPONSE_2_BODY, ts_enter=52 * MS, ts_exit=52 * MS + 10), 5, 310))
+    assert first.tcp.retransmits == 2 and first.tcp.srtt_us == 250
+    assert second.tcp.retransmits == 0 and second.tcp.srtt_us == 310
+
+
+def test_tcp_health_per_connection_is_kept_as_changes_only(table):
+    sock = FakeSocket()
+    table.handle(sock.open(ts=1 * MS))
+    for i in range(100):  # a busy connection whose retransmit count never changes
+        table.handle(_with_tcp(sock.read(b"", ts_enter=(2 + i) * MS, ts_exit=(2 + i) * MS + 5, length=0), 7, 200))
+    [entry] = table._conns.values()
+    assert entry.health == [(OFFSET + 2 * MS + 5, 7)]  # one change (the first sample), not 100 samples

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_ebpf.processinfo import ProcessInfoCache
@@ -120,3 +121,59 @@ def test_metric_series_are_bounded_with_an_overflow_series():
     assert len(points) <= 3 + 8  # the bound, plus one overflow series per metric
     assert flows.overflowed > 0
     assert any(p.attributes.get("otel_ebpf.metrics.overflow") for p in points)
+
+
+def test_trace_ids_per_connection_are_taken_once_per_record_without_duplicates():
+    flows = FlowTelemetry()
+    assert flows.take_trace_ids(1, final=False) == []
+    flows.note_span(1, 0xA)
+    flows.note_span(1, 0xA)  # a second span of the same trace on the connection
+    flows.note_span(2, 0xB)
+    assert flows.take_trace_ids(1, final=False) == [0xA]
+    assert flows.take_trace_ids(1, final=False) == []  # taken: the next interim record starts afresh
+    flows.note_span(1, 0xC)
+    flows.note_span(1, 0xD)
+    flows.note_span(1, 0xC)
+    assert flows.take_trace_ids(1, final=True) == [0xC, 0xD]
+    assert flows.take_trace_ids(2, final=True) == [0xB]
+
+
+def test_trace_ids_per_record_and_remembered_connections_are_bounded(monkeypatch):
+    import otel_ebpf.telemetry.flows as flows_module
+
+    monkeypatch.setattr(flows_module, "_MAX_JOINED_FLOWS", 64)
+    flows = FlowTelemetry()
+    for trace_id in range(100):
+        flows.note_span(1, trace_id)
+    assert flows.take_trace_ids(1, final=True) == list(range(flows_module._MAX_TRACE_IDS))
+    for sock in range(1000):
+        flows.note_span(sock, sock + 1)
+    assert len(flows._traces) <= 64
+    assert flows.take_trace_ids(999, final=True) == [1000]  # the newest are kept, the oldest forgotten
+    assert flows.take_trace_ids(0, final=True) == []
+    for flow_id in range(1000):  # interim records of connections never seen closing
+        flows.record(flow(flow_id=flow_id, state=FlowState.ACTIVE, resets_received=1), Resource.get_empty())
+    assert len(flows._opened) <= 64 and len(flows._resets) <= 64 and 999 in flows._opened
+
+
+class SizesLogExporter(InMemoryLogRecordExporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def export(self, batch):
+        self.sizes.append(len(batch))
+        return super().export(batch)
+
+
+def test_a_burst_of_flow_records_is_exported_in_requests_of_at_most_max_batch(parts):
+    builder, aggregator, self_metrics = parts
+    logs = SizesLogExporter()
+    pipeline = TelemetryPipeline(span_builder=builder, metrics_aggregator=aggregator, self_metrics=self_metrics,
+                                 log_exporters=[logs], flow_telemetry=FlowTelemetry(), flow_log_delay_s=0.0,
+                                 max_batch=100)
+    for i in range(250):  # many connections closing together
+        pipeline.consume_flow(flow(flow_id=1000 + i, remote_port=20000 + i))
+    pipeline.shutdown()
+    assert sum(logs.sizes) == 250 and max(logs.sizes) <= 100
+    assert len(logs.get_finished_logs()) == 250

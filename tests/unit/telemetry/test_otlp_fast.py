@@ -78,7 +78,18 @@ def test_the_attribute_cache_is_bounded(monkeypatch):
     monkeypatch.setattr(otlp_fast, "_MAX_CACHED_ATTRIBUTES", 10)
     otlp_fast._attr_cache.clear()
     same([span(i, attributes={"k": f"v{i}", "n": i}) for i in range(100)])
-    assert len(otlp_fast._attr_cache) <= 10
+    assert otlp_fast._attr_cache and all(len(c) <= 10 for c in otlp_fast._attr_cache.values())
+
+
+def test_a_pair_shared_by_resource_span_event_and_link_is_encoded_for_each_field():
+    # The same (key, value) in four places, each a different protobuf field: the cached bytes
+    # of one must never be reused for another.
+    pair = {"service.name": "shop", "process.pid": 42}
+    remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(1))
+    spans = [span(i, attributes=dict(pair), links=(Link(remote, dict(pair)),),
+                  events=(Event("e", dict(pair), timestamp=7),)) for i in range(3)]
+    same(spans)
+    same(spans)
 
 
 @pytest.mark.parametrize("exporter_class", [FastOtlpGrpcSpanExporter, FastOtlpHttpSpanExporter])
@@ -103,7 +114,10 @@ def same_json(spans) -> None:
     from otel_ebpf.telemetry.jsonfile import encode_otlp_json  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    assert otlp_fast.trace_request_json(spans) == json.loads(encode_otlp_json(encode_spans(spans)))
+    expected = json.loads(encode_otlp_json(encode_spans(spans)))
+    text = otlp_fast.trace_request_json_text(spans)  # what the file exporter writes
+    assert "\n" not in text
+    assert json.loads(text) == expected
 
 
 def test_the_json_document_is_what_the_protobuf_route_gives():
@@ -118,6 +132,8 @@ def test_the_json_document_is_what_the_protobuf_route_gives():
              links=(Link(remote, {"reason": "x"}), Link(local)), events=(Event("retry", {"n": 2}, timestamp=5),)),
         span(2, parent=local, status=Status(StatusCode.OK), kind=SpanKind.INTERNAL, attributes={}),
         span(3, scope=None),
+        span(4, name='GET "/ünï\\code"', status=Status(StatusCode.ERROR), attributes={"q": 'a"b\\c\u2028'}),
     ])
+    same_json([span(5, status=Status(StatusCode.ERROR, "boom"), trace_state=TraceState([("k", "v")]))])
     builder = SpanBuilder(host_name="node-1", process_info=ProcessInfoCache(proc_root="/nonexistent"))
     same_json([builder.build(make_exchange(target=f"/users/{i}")) for i in range(20)])

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from dataclasses import replace
 
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 from ...processinfo import ProcessInfoCache
-from ...records import Exchange, ParentSource, RequestStart, Role, SpanLink, TraceIdentity
+from ...records import Exchange, ParentSource, RequestStart, Role, SpanLink, TraceIdentity, annotate
 from .config import StitchingConfig
 from .propagation import CarriedContext, extract
 
@@ -364,7 +363,7 @@ class StitchingProcessor:
             return
         if flight.suppressed:
             return
-        self._next.consume(replace(exchange, trace=flight.identity()))
+        self._next.consume(annotate(exchange, trace=flight.identity()))
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -147,8 +147,16 @@ def _grpc_trace_bin(value: str) -> tuple[int, int, bool] | None:
     return trace_id, span_id, sampled
 
 
+_CONTEXT_HEADERS = frozenset(("traceparent", "b3", "x-b3-traceid", "uber-trace-id", "grpc-trace-bin"))
+
+
 def extract(headers: Headers) -> CarriedContext | None:
     """The context a request carries, by the rule in the module docstring; None when it carries none."""
+    for name, _ in headers:  # the common case first: no context header at all
+        if name in _CONTEXT_HEADERS:
+            break
+    else:
+        return None
     found: list[tuple[int, int, bool, ParentSource]] = []
     earlier: list[tuple[int, int, ParentSource]] = []
     request_id = None

@@ -37,6 +37,13 @@ __all__ = ["HttpReceiver", "ExchangeConsumer"]
 
 log = logging.getLogger(__name__)
 
+# Records taken from the ring per poll. When the agent falls behind, the ring is full (16 MiB) and
+# an unbounded drain turns all of it into Python objects at once (~60k records: ~50 MiB of bytes
+# and events); 4096 records (a ring wakeup's worth at typical record sizes) keep a batch to a few MiB.
+MAX_BATCH_RECORDS = 4096
+# At stop, how long the receiver keeps draining a backlog before it gives up on it.
+FINAL_DRAIN_S = 10.0
+
 
 class ExchangeConsumer(Protocol):
     """Receives completed exchanges. May also define ``request_started(start: RequestStart)``,
@@ -76,7 +83,7 @@ class HttpReceiver:
         self._consumer = consumer
         self._tracer = tracer or SockDataTracer(
             max_capture_bytes=config.max_capture_bytes, ring_bytes=config.ring_buffer_bytes,
-            pids=config.pids, ports=config.ports,
+            pids=config.pids, ports=config.ports, max_batch=MAX_BATCH_RECORDS,
         )
         self.clock = MonotonicClock()
         self.http1_stats = Http1Stats()
@@ -142,17 +149,11 @@ class HttpReceiver:
             try:
                 raw = tracer.poll_raw(timeout)
                 if self._recorder is not None:
-                    for rec in raw:
-                        self._recorder.write(rec)
-                handle = table.handle
-                for ev in causal_order(raw, codec):
-                    if type(ev) is SockDataEvent and (ev.transport != 6 or ev.remote_port == 53
-                                                      or ev.local_port == 53):
-                        self._on_dns(ev)
-                        continue
-                    done = handle(ev)
-                    if done:
-                        self._emit(done)
+                    self._record(raw)
+                events = causal_order(raw, codec)
+                raw = None  # the records are decoded: free them before the batch is handled
+                self._handle_events(events)
+                events = None
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     next_housekeeping = now + 1.0
@@ -163,12 +164,32 @@ class HttpReceiver:
             except Exception:
                 log.exception("http receiver loop error (continuing)")
                 self._stop.wait(0.1)
-        # final drain of what the kernel already wrote
-        for ev in causal_order(tracer.poll_raw(0), codec):
+        # Final drain of what the kernel already wrote: batch after batch (a batch is bounded)
+        # until the ring is empty, within FINAL_DRAIN_S (a backlog after a burst can be large).
+        deadline = time.monotonic() + FINAL_DRAIN_S
+        while time.monotonic() < deadline:
+            raw = tracer.poll_raw(0)
+            if not raw:
+                break
+            if self._recorder is not None:
+                self._record(raw)
+            self._handle_events(causal_order(raw, codec))
+
+    def _record(self, raw: list[bytes]) -> None:
+        for rec in raw:
+            self._recorder.write(rec)
+
+    def _handle_events(self, events) -> None:
+        """Decoded events in kernel order: DNS sockets to the DNS tracker, the rest to the
+        connection table, whose completed exchanges go to the consumer."""
+        handle = self.table.handle
+        for ev in events:
             if type(ev) is SockDataEvent and (ev.transport != 6 or ev.remote_port == 53 or ev.local_port == 53):
                 self._on_dns(ev)
-            else:
-                self._emit(table.handle(ev))
+                continue
+            done = handle(ev)
+            if done:
+                self._emit(done)
 
     def _on_dns(self, ev: SockDataEvent) -> None:
         """A datagram (or TCP bytes) of a DNS socket: queries the process sent, answers it read.
@@ -231,7 +252,7 @@ class HttpReceiver:
             return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=FINAL_DRAIN_S + 10)
         if flush_connections:
             self._emit(self.table.close_all())
         if self._started:
