@@ -380,7 +380,7 @@ class Http1Parser:
         self._state = _HUNT if midstream else _HEAD
         self._methods: SmallQueue = request_methods if request_methods is not None else SmallQueue()
         self._max_head = max_head_bytes
-        self._buf = bytearray()  # incomplete head
+        self._buf: bytes | bytearray = b""  # incomplete head (a bytearray once one is buffered)
         self._line = b""  # incomplete chunk-size / trailer line
         self._line_ok = False  # the start line in _buf was checked complete and valid
         self._remaining = 0  # bytes left of the Content-Length body or of the current chunk
@@ -389,7 +389,7 @@ class Http1Parser:
         self._last_ts: int | None = None
         self._tentative = False  # head found while hunting: if it fails to parse, keep hunting
         self._in_message = False  # a head was emitted and its MessageEnd not yet
-        self._trailers: list[tuple[str, str]] = []
+        self._trailers: list[tuple[str, str]] | tuple = ()  # a list while reading trailers
         self._trailer_bytes = 0
         # After a protocol switch: the rest of the chunk that carried the switching head, as
         # (captured bytes, uncaptured bytes after them), for whoever parses the new protocol.
@@ -540,6 +540,8 @@ class Http1Parser:
         else:
             search = len(buf) - 2 if len(buf) > 2 else 0
         # Slow path: accumulate until the empty line.
+        if type(buf) is not bytearray:  # a connection's first split head: its buffer is made now
+            buf = self._buf = bytearray()
         old = len(buf)
         buf += data[pos:]
         e = buf.find(b"\n\r\n", search)
@@ -787,7 +789,7 @@ class Http1Parser:
                 self._state = _CHUNK_SIZE
         elif not line:  # _TRAILERS: the empty line ends the message
             trailers = tuple(self._trailers)
-            self._trailers = []
+            self._trailers = ()
             self._finish(ts, events, trailers)
         else:
             self._trailer_bytes += len(line)
@@ -823,7 +825,7 @@ class Http1Parser:
         if not self.established:
             events.append(ParseError(reason, ts, True))
             self._state = _DEAD
-            self._buf = bytearray()
+            self._buf = b""
             self._line = b""
             return
         events.append(ParseError(reason, ts, False))
@@ -856,12 +858,12 @@ class Http1Parser:
         self._state = state
         self._tentative = False
         self._in_message = False
-        self._buf = bytearray()
+        self._buf = b""
         self._line = b""
         self._line_ok = False
         self._remaining = 0
         self.body_size = 0
-        self._trailers = []
+        self._trailers = ()
 
     def _on_missing(self, missing: int, events: list[Event]) -> int:
         """``missing`` bytes followed the captured ones. Returns how many of them were skipped."""

@@ -89,9 +89,14 @@ def _with_health(done: list[Exchange], entry: _Entry) -> list[Exchange]:
     in effect at the exchange's start (the last change at or before it, else the oldest kept), and
     the latest smoothed RTT."""
     changes = entry.health
-    if not changes:
-        return done
     last = entry.retrans
+    if changes is None:  # the count never changed since the first syscall seen: none over any exchange
+        if last < 0:
+            return done
+        health = TcpHealth(0, entry.srtt)
+        for ex in done:
+            _set_field(ex, "tcp", health)
+        return done
     health = None
     for ex in done:
         base = changes[0][1]
@@ -114,13 +119,16 @@ _set_field = object.__setattr__  # frozen dataclasses refuse plain assignment
 class _Entry:
     # A connection's TCP health is kept as its retransmit count's changes (it rarely changes), not
     # one sample per syscall: 16 samples were ~1.9 KB per busy connection, this is ~150 bytes.
-    __slots__ = ("sock_id", "session", "last_seen", "health", "retrans", "srtt")
+    __slots__ = ("sock_id", "session", "last_seen", "health", "first_seen", "retrans", "srtt")
 
     def __init__(self, sock_id: int, session: DetectingSession, last_seen: int):
         self.sock_id = sock_id
         self.session = session
         self.last_seen = last_seen
-        self.health: list[tuple[int, int]] = []  # (wall ts, retransmits) at its last HEALTH_CHANGES changes
+        # (wall ts, retransmits) at its first syscall and its last HEALTH_CHANGES changes after it;
+        # None while the count has not changed since the first (most connections: no list at all).
+        self.health: list[tuple[int, int]] | None = None
+        self.first_seen = 0  # wall ts of the first syscall with a retransmit count
         self.retrans = -1  # at the latest syscall (-1: none seen yet)
         self.srtt = 0  # smoothed RTT at the latest syscall, µs
 
@@ -143,7 +151,7 @@ class ConnectionTable:
         self._max = max_connections
         self._idle_ns = int(idle_timeout_s * 1e9)
         self._listening = listening or ListeningPorts()
-        self._conns: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._conns: OrderedDict[int, _Entry] = OrderedDict()
         # Called with (pid, comm or "") of every new connection: lets the agent read
         # /proc while a short-lived client still exists. Must be cheap (cached).
         self.on_new_process = None
@@ -178,7 +186,7 @@ class ConnectionTable:
         session.on_request = self.on_request
         return _Entry(event.sock_id, session, 0)
 
-    def _insert(self, key: tuple[int, int], entry: _Entry) -> list[Exchange]:
+    def _insert(self, key: int, entry: _Entry) -> list[Exchange]:
         out: list[Exchange] = []
         old = self._conns.pop(key, None)
         if old is not None:
@@ -200,7 +208,7 @@ class ConnectionTable:
     def handle(self, event: SockDataEvent | ConnEvent) -> list[Exchange]:
         """Feed one decoded event; returns the exchanges it completed."""
         self.stats.events += 1
-        key = (event.tgid, event.fd)
+        key = event.tgid << 32 | event.fd  # (process, fd) as one int: ~50 bytes less per connection than a tuple
         if type(event) is SockDataEvent:
             self.stats.data_events += 1
             entry = self._conns.get(key)
@@ -222,9 +230,14 @@ class ConnectionTable:
             retrans = event.total_retrans
             if retrans != entry.retrans:
                 health = entry.health
-                health.append((ts_last, retrans))
-                if len(health) > HEALTH_CHANGES:
-                    del health[0]
+                if health is not None:
+                    health.append((ts_last, retrans))
+                    if len(health) > HEALTH_CHANGES:
+                        del health[0]
+                elif entry.retrans < 0:
+                    entry.first_seen = ts_last
+                else:
+                    entry.health = [(entry.first_seen, entry.retrans), (ts_last, retrans)]
                 entry.retrans = retrans
             entry.srtt = event.srtt_us
             if event.segments:

@@ -34,7 +34,11 @@ _pack_d = struct.Struct("<d").pack
 _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
 
-_MAX_CACHED_ATTRIBUTES = 16384  # per cache: ~3 MiB at most (ephemeral ports make new pairs per connection)
+_MAX_CACHED_ATTRIBUTES = 16384  # per cache: ~3 MiB at most
+# Int-valued pairs are cached only below this: above it are ephemeral ports (client.port,
+# network.peer.port), sizes and ids, one new pair per connection or per request, which would fill
+# the caches with pairs seldom seen twice (~170 bytes per tracked connection).
+_CACHED_INT_LIMIT = 32768
 # per field tag: (key, value type, value) -> the encoded field
 _attr_cache: dict[bytes, dict[tuple[str, type, Any], bytes]] = {}
 _resource_cache: dict[int, tuple[object, bytes]] = {}
@@ -98,7 +102,7 @@ def _attributes(tag: bytes, attributes) -> bytes:
     parts = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str or kind is int or kind is bool or kind is float:
+        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool or kind is float:
             ck = (key, kind, value)
             encoded = cache.get(ck)
             if encoded is None:
@@ -107,12 +111,28 @@ def _attributes(tag: bytes, attributes) -> bytes:
                     cache.clear()
                 cache[ck] = encoded
             parts.append(encoded)
+        elif kind is int:
+            parts.append(_ld(tag, _key_field(key) + _ld(b"\x12", b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF))))
         else:
             try:
                 parts.append(_ld(tag, _key_value(key, value)))
             except TypeError:
                 continue  # as the SDK encoder: an attribute it cannot encode is left out
     return b"".join(parts)
+
+
+_key_fields: dict[str, bytes] = {}
+
+
+def _key_field(key: str) -> bytes:
+    """The encoded ``key`` field of a KeyValue (cached: attribute keys are few)."""
+    field = _key_fields.get(key)
+    if field is None:
+        field = _ld(b"\x0a", key.encode("utf-8", "surrogatepass"))
+        if len(_key_fields) >= _MAX_CACHED_ATTRIBUTES:
+            _key_fields.clear()
+        _key_fields[key] = field
+    return field
 
 
 def _cached(cache: dict, obj, encode) -> bytes:
@@ -289,7 +309,7 @@ def _json_attributes(attributes) -> list[dict]:
     cache = _json_attr_cache
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str or kind is int or kind is bool or kind is float:
+        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool or kind is float:
             ck = (key, kind, value)
             kv = cache.get(ck)
             if kv is None:
@@ -392,7 +412,7 @@ def _json_attributes_text(attributes) -> str:
     parts = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str or kind is int or kind is bool or kind is float:
+        if kind is str or kind is bool or kind is float or (kind is int and value < _CACHED_INT_LIMIT):
             ck = (key, kind, value)
             text = cache.get(ck)
             if text is None:
@@ -401,6 +421,8 @@ def _json_attributes_text(attributes) -> str:
                     cache.clear()
                 cache[ck] = text
             parts.append(text)
+        elif kind is int:
+            parts.append('{"key":%s,"value":{"intValue":"%d"}}' % (_dumps(key), value))
         else:
             try:
                 parts.append(_dumps({"key": key, "value": _json_value(value)}))

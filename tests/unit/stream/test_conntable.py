@@ -442,4 +442,7 @@ def test_tcp_health_per_connection_is_kept_as_changes_only(table):
     for i in range(100):  # a busy connection whose retransmit count never changes
         table.handle(_with_tcp(sock.read(b"", ts_enter=(2 + i) * MS, ts_exit=(2 + i) * MS + 5, length=0), 7, 200))
     [entry] = table._conns.values()
-    assert entry.health == [(OFFSET + 2 * MS + 5, 7)]  # one change (the first sample), not 100 samples
+    # No list at all while the count stays where it was first seen, not 100 samples
+    assert entry.health is None and entry.retrans == 7 and entry.first_seen == OFFSET + 2 * MS + 5
+    table.handle(_with_tcp(sock.read(b"", ts_enter=200 * MS, ts_exit=200 * MS + 5, length=0), 9, 200))
+    assert entry.health == [(OFFSET + 2 * MS + 5, 7), (OFFSET + 200 * MS + 5, 9)]  # the first, then the change

@@ -81,6 +81,19 @@ def test_the_attribute_cache_is_bounded(monkeypatch):
     assert otlp_fast._attr_cache and all(len(c) <= 10 for c in otlp_fast._attr_cache.values())
 
 
+def test_ephemeral_port_pairs_are_encoded_but_never_cached():
+    # One new network.peer.port per connection: caching them would grow memory per connection.
+    otlp_fast._attr_cache.clear()
+    otlp_fast._json_text_attr_cache.clear()
+    spans = [span(i, attributes={"network.peer.port": 40000 + i, "big": 2**63 - 1, "http.response.status_code": 200})
+             for i in range(30)]
+    same(spans)
+    same_json(spans)
+    cached = [k for c in (*otlp_fast._attr_cache.values(), otlp_fast._json_text_attr_cache) for k in c]
+    assert ("http.response.status_code", int, 200) in cached
+    assert not [k for k in cached if k[0] in ("network.peer.port", "big")]
+
+
 def test_a_pair_shared_by_resource_span_event_and_link_is_encoded_for_each_field():
     # The same (key, value) in four places, each a different protobuf field: the cached bytes
     # of one must never be reused for another.
