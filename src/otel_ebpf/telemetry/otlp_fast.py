@@ -35,12 +35,17 @@ _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
 
 _MAX_CACHED_ATTRIBUTES = 16384  # per cache: ~3 MiB at most
-# Int-valued pairs are cached only below this: above it are ephemeral ports (client.port,
-# network.peer.port), sizes and ids, one new pair per connection or per request, which would fill
-# the caches with pairs seldom seen twice (~170 bytes per tracked connection).
+# Int-valued pairs go to the main caches only below this: above it are ephemeral ports
+# (client.port, network.peer.port), sizes and ids, a new pair per connection or per request, which
+# would fill them with pairs seldom seen twice (~170 bytes per tracked connection). They, and
+# float pairs (RTTs), have a small cache of their own instead, which keeps the pairs of the
+# connections active now.
 _CACHED_INT_LIMIT = 32768
+_MAX_RECENT_INTS = 1024
 # per field tag: (key, value type, value) -> the encoded field
 _attr_cache: dict[bytes, dict[tuple[str, type, Any], bytes]] = {}
+# per field tag: (key, int or float, value) -> the encoded field, for ints >= _CACHED_INT_LIMIT and floats
+_recent_int_cache: dict[bytes, dict[tuple[str, type, int | float], bytes]] = {}
 _resource_cache: dict[int, tuple[object, bytes]] = {}
 _scope_cache: dict[int, tuple[object, bytes]] = {}
 
@@ -99,10 +104,12 @@ def _attributes(tag: bytes, attributes) -> bytes:
     cache = _attr_cache.get(tag)
     if cache is None:
         cache = _attr_cache[tag] = {}
+        _recent_int_cache[tag] = {}
+    recent = _recent_int_cache[tag]
     parts = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool or kind is float:
+        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool:
             ck = (key, kind, value)
             encoded = cache.get(ck)
             if encoded is None:
@@ -111,28 +118,21 @@ def _attributes(tag: bytes, attributes) -> bytes:
                     cache.clear()
                 cache[ck] = encoded
             parts.append(encoded)
-        elif kind is int:
-            parts.append(_ld(tag, _key_field(key) + _ld(b"\x12", b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF))))
+        elif kind is int or (kind is float and value):  # see _CACHED_INT_LIMIT (0.0 == -0.0: not cached)
+            rk = (key, kind, value)  # the kind too: 40000 == 40000.0
+            encoded = recent.get(rk)
+            if encoded is None:
+                encoded = _ld(tag, _key_value(key, value))
+                if len(recent) >= _MAX_RECENT_INTS:
+                    recent.clear()
+                recent[rk] = encoded
+            parts.append(encoded)
         else:
             try:
                 parts.append(_ld(tag, _key_value(key, value)))
             except TypeError:
                 continue  # as the SDK encoder: an attribute it cannot encode is left out
     return b"".join(parts)
-
-
-_key_fields: dict[str, bytes] = {}
-
-
-def _key_field(key: str) -> bytes:
-    """The encoded ``key`` field of a KeyValue (cached: attribute keys are few)."""
-    field = _key_fields.get(key)
-    if field is None:
-        field = _ld(b"\x0a", key.encode("utf-8", "surrogatepass"))
-        if len(_key_fields) >= _MAX_CACHED_ATTRIBUTES:
-            _key_fields.clear()
-        _key_fields[key] = field
-    return field
 
 
 def _cached(cache: dict, obj, encode) -> bytes:
@@ -403,16 +403,18 @@ def _json_scope(scope) -> dict:
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_text_attr_cache: dict[tuple[str, type, Any], str] = {}
+_json_text_recent_ints: dict[tuple[str, type, int | float], str] = {}
 _json_text_resource_cache: dict[int, tuple[object, str]] = {}
 _json_text_scope_cache: dict[int, tuple[object, str]] = {}
 
 
 def _json_attributes_text(attributes) -> str:
     cache = _json_text_attr_cache
+    recent = _json_text_recent_ints
     parts = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str or kind is bool or kind is float or (kind is int and value < _CACHED_INT_LIMIT):
+        if kind is str or kind is bool or (kind is int and value < _CACHED_INT_LIMIT):
             ck = (key, kind, value)
             text = cache.get(ck)
             if text is None:
@@ -421,8 +423,15 @@ def _json_attributes_text(attributes) -> str:
                     cache.clear()
                 cache[ck] = text
             parts.append(text)
-        elif kind is int:
-            parts.append('{"key":%s,"value":{"intValue":"%d"}}' % (_dumps(key), value))
+        elif kind is int or (kind is float and value):  # see _CACHED_INT_LIMIT (0.0 == -0.0: not cached)
+            rk = (key, kind, value)  # the kind too: 40000 == 40000.0
+            text = recent.get(rk)
+            if text is None:
+                text = _dumps({"key": key, "value": _json_value(value)})
+                if len(recent) >= _MAX_RECENT_INTS:
+                    recent.clear()
+                recent[rk] = text
+            parts.append(text)
         else:
             try:
                 parts.append(_dumps({"key": key, "value": _json_value(value)}))

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from ...records import Headers, ParentSource
+from ...records import Headers, ParentSource, fast_init
 
 __all__ = ["CarriedContext", "extract", "headers_of"]
 
@@ -36,6 +36,7 @@ _HEX = re.compile(r"[0-9a-f]+")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CarriedContext:
     trace_id: int
