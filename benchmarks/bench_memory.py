@@ -1,6 +1,6 @@
 """B5, memory: the agent's RSS at idle, under load, and per tracked connection.
 
-    sudo .venv/bin/python benchmarks/bench_memory.py [--seconds 15] [--connections 2000] [--rps 0]
+    sudo .venv/bin/python benchmarks/bench_memory.py [--seconds 15] [--connections 5000] [--rps 0]
                                                      [--requests-per-connection 1]
                                                      [--exporter file|otlphttp|otlp] [--whole-host]
                                                      [--json out.json]
@@ -21,7 +21,9 @@ Phases, RSS read from /proc/<agent>/status every 0.5 s (and every 0.1 s for each
    ``--requests-per-connection`` requests (so both of its ends are tracked by the agent: two
    connection-table entries, "tracked sockets"); then they are closed;
    RSS per connection = ΔRSS / Δconnections (median RSS after each step settles);
-3. load: h2load (HTTP/1.1, 8 clients) for ``--seconds``, closed loop or ``--rps`` in total;
+   the target counts per tracked connection (socket end), as B4 does;
+3. load, on a fresh agent (the heap the connections grew would count in its RSS otherwise):
+   h2load (HTTP/1.1, 8 clients) for ``--seconds``, closed loop or ``--rps`` in total;
    steady RSS = median of the second half of the samples, peak = the highest sample and VmHWM;
 4. after: RSS a few seconds after the load stopped (what is kept, not given back to the system).
 
@@ -260,6 +262,15 @@ def run(args) -> dict:
         for s in conns:
             s.close()
         conns.clear()
+        # A fresh agent for the load: the heap the connections phase grew (and that the allocator
+        # keeps) would otherwise count in the steady RSS.
+        whole.stop()
+        peaks = dict(whole.peaks)
+        result["counters_connections_phase"] = agent.stop()
+        agent = AgentProcess(port=None if args.whole_host else nginx.port, exporter=args.exporter,
+                             sink_ports=sink_ports)
+        pid = agent.pid
+        whole = Sampler(pid, interval=0.1, phase="idle (load agent)").start()
         time.sleep(args.settle)
 
         # load
@@ -283,7 +294,7 @@ def run(args) -> dict:
         time.sleep(args.settle)
         result["after"] = {**settled(pid, 2.0), **memory(pid)}
         whole.stop()
-        result["peak_rss_by_phase_mib"] = whole.peaks
+        result["peak_rss_by_phase_mib"] = {**peaks, **whole.peaks}
     finally:
         if whole is not None:
             whole.stop()
@@ -325,7 +336,7 @@ def report(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=15.0, help="load duration")
-    ap.add_argument("--connections", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=5000)
     ap.add_argument("--requests-per-connection", type=int, default=1,
                     help="exchanges on each connection before it idles (more: longer per-connection history)")
     ap.add_argument("--clients", type=int, default=8, help="h2load connections during the load phase")
