@@ -45,7 +45,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Nginx, cpu_seconds, prog_ids, rss_mib, save_results, wrk  # noqa: E402
+from common import Nginx, cpu_seconds, prog_ids, rss_mib, save_results, thread_cpu_seconds, wrk  # noqa: E402
 
 from otel_ebpf.testing.net import free_port, wait_listening  # noqa: E402
 
@@ -310,9 +310,11 @@ def bench_server(kind: str, pairs: int, seconds: float, *, pinned: bool) -> dict
                     time.sleep(0.5)
                     stats0 = bpf_stats(agent.proc.pid)
                     cpu0 = agent.cpu()
+                    threads0 = thread_cpu_seconds(agent.proc.pid)
                     on_closed = server.load(seconds=seconds)
                     time.sleep(1.0)
                     cpu = agent.cpu() - cpu0
+                    threads1 = thread_cpu_seconds(agent.proc.pid)
                     stats1 = bpf_stats(agent.proc.pid)
                     on_wrk = server.wrk(seconds=seconds)
                     with tempfile.TemporaryDirectory() as tmp:
@@ -347,6 +349,9 @@ def bench_server(kind: str, pairs: int, seconds: float, *, pinned: bool) -> dict
                     m["added_p99_pct"].append(100.0 * (on_fixed["p99_us"] / off_fixed["p99_us"] - 1))
                 if on_closed["succeeded"]:
                     m["agent_cpu_s_per_10k"].append(cpu / on_closed["succeeded"] * 10_000)
+                    m.setdefault("thread_cpu_s_per_10k", []).append({
+                        name: (c - threads0.get(name, 0.0)) / on_closed["succeeded"] * 10_000
+                        for name, c in threads1.items() if c - threads0.get(name, 0.0) > 0})
                     m["agent_cpu_share"].append(cpu / ((seconds + 1.0) * ncpu))
                 if served:
                     m["events_per_request"].append(events / served)
@@ -409,6 +414,13 @@ def main() -> None:
                 print_row(r, mode)
             print(f"{kind:<7} {r['placement']:<9} (off saturation {r['off_saturation_rps']:,.0f} req/s; "
                   "fixed-rate runs at half of it)", flush=True)
+            by_thread = r["full"].get("thread_cpu_s_per_10k") or []
+            if by_thread:
+                names = sorted({n for run in by_thread for n in run}, key=lambda n: -statistics.median(
+                    [run.get(n, 0.0) for run in by_thread]))
+                print(f"{kind:<7} {r['placement']:<9} full agent, CPU-s per 10k requests by thread (median): "
+                      + ", ".join(f"{n} {statistics.median([run.get(n, 0.0) for run in by_thread]):.2f}"
+                                  for n in names), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(all_results, indent=1))
     save_results("bench_e2e", all_results)

@@ -69,6 +69,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU-seconds of process ``pid`` by thread name (the agent names its threads:
+    oebpf-http, oebpf-pipeline, oebpf-export, ...; the main thread is the executable's name)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def prog_ids(pid: int) -> set[int]:
     """prog_id of every BPF program fd process ``pid`` holds (/proc/PID/fdinfo)."""
     ids = set()

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
+from ..threads import name_os_thread
 
 __all__ = ["Informer", "ResourceSpec", "WatchExpired"]
 
@@ -156,6 +157,7 @@ class Informer:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread()
         backoff = BACKOFF_MIN_S
         need_list = not self.synced.is_set()  # a restarted informer resumes its watch
         while not self._stop.is_set():

@@ -68,6 +68,7 @@ from otel_ebpf.telemetry.servicegraph import ServiceGraph
 from otel_ebpf.telemetry.metrics import HttpMetricsAggregator, SelfMetrics
 from otel_ebpf.telemetry.semantics import describe
 from otel_ebpf.telemetry.spans import SpanBuilder
+from otel_ebpf.threads import name_os_thread
 
 __all__ = ["ExchangeProcessor", "TelemetryPipeline"]
 
@@ -250,6 +251,7 @@ class TelemetryPipeline:
         return {EXCHANGES: self._consumed, DROPPED: self._dropped}
 
     def _work(self) -> None:
+        name_os_thread()
         queue = self._queue
         while True:
             try:
@@ -420,6 +422,7 @@ class TelemetryPipeline:
     # -- exporter thread -------------------------------------------------------------------
 
     def _export_loop(self) -> None:
+        name_os_thread()
         next_metrics = time.monotonic() + self._metric_interval
         queue = self._export_queue
         while True:

@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
+from ..threads import name_os_thread
 
 __all__ = [
     "BUCKETS_PER_OCTAVE",
@@ -380,6 +381,7 @@ class SummaryPrinter:
         self._draw(final=False)
 
     def _run(self) -> None:
+        name_os_thread()
         while not self._stopping.wait(self._interval_s) and not self._dead:
             self._draw(final=False)
 

@@ -32,6 +32,7 @@ from ...records import Connection, Direction, Exchange, Role
 from ...telemetry.dns import DnsContext
 from ...stream.conntable import ConnectionTable
 from .config import HttpReceiverConfig
+from ...threads import name_os_thread
 
 __all__ = ["HttpReceiver", "ExchangeConsumer"]
 
@@ -141,6 +142,7 @@ class HttpReceiver:
                 log.exception("consumer failed on an exchange")
 
     def _run(self) -> None:
+        name_os_thread()
         tracer, table = self._tracer, self.table
         codec = tracer.codec
         timeout = self.config.poll_interval_ms

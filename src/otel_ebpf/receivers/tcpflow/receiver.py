@@ -17,6 +17,7 @@ import threading
 from ...bpf.tcpflow import TcpFlowTracer
 from ...records import TcpFlow
 from .config import TcpFlowReceiverConfig
+from ...threads import name_os_thread
 
 __all__ = ["TcpFlowReceiver"]
 
@@ -60,6 +61,7 @@ class TcpFlowReceiver:
                 log.exception("consumer failed on a flow")
 
     def _run(self) -> None:
+        name_os_thread()
         timeout = self.config.poll_interval_ms
         while not self._stop.is_set():
             try:
