@@ -159,3 +159,24 @@ def test_the_json_document_is_what_the_protobuf_route_gives():
     same_json([span(5, status=Status(StatusCode.ERROR, "boom"), trace_state=TraceState([("k", "v")]))])
     builder = SpanBuilder(host_name="node-1", process_info=ProcessInfoCache(proc_root="/nonexistent"))
     same_json([builder.build(make_exchange(target=f"/users/{i}")) for i in range(20)])
+
+
+def test_spans_made_by_the_sdk_tracer_with_dropped_attributes_encode_as_the_sdk_does():
+    # The SDK's own spans (BoundedAttributes, BoundedList events and links), read through their
+    # fields by the encoder, with attributes over the limit dropped and counted.
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=R1, span_limits=SpanLimits(max_span_attributes=3))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("otel-ebpf-test", "1.0")
+    with tracer.start_as_current_span("outer", attributes={"a": 1, "b": "x", "c": 2.5, "d": True, "e": 40000}) as s:
+        s.add_event("retry", {"attempt": 2})
+        with tracer.start_as_current_span("inner", links=[Link(s.get_span_context(), {"why": "test"})]):
+            pass
+    spans = memory.get_finished_spans()
+    assert spans[1].dropped_attributes == 2
+    same(spans)
+    same_json(spans)
