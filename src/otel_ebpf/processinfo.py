@@ -357,12 +357,17 @@ class ProcessInfoCache:
 
     def get(self, pid: int) -> ProcessInfo:
         now = self._clock()
-        with self._lock:
-            entry = self._entries.get(pid)
-            if entry is not None and now - entry[1] < self._ttl_s:
+        # A hit takes no lock: the read and the reordering are one C call each, atomic under the
+        # GIL (the entry may be evicted in between by another thread: then it simply stays out).
+        # Called several times per exchange, from the receiver and pipeline threads.
+        entry = self._entries.get(pid)
+        if entry is not None and now - entry[1] < self._ttl_s:
+            try:
                 self._entries.move_to_end(pid)
-                self.hits += 1
-                return entry[0]
+            except KeyError:
+                pass
+            self.hits += 1
+            return entry[0]
         info = self._read_process(pid)
         with self._lock:
             self.reads += 1

@@ -987,12 +987,13 @@ class Http1Stats:
 class _Pending:
     """A request seen on the connection, until its exchange is reported."""
 
-    __slots__ = ("head", "request", "warnings", "reported", "id")
+    __slots__ = ("head", "request", "started", "warnings", "reported", "id")
 
     def __init__(self, head: RequestHead) -> None:
         self.id = next(_exchange_ids)
         self.head = head
         self.request: HttpRequest | None = None  # set at the request's MessageEnd
+        self.started: HttpRequest | None = None  # the RequestStart's, reused when no body came
         self.warnings: list[str] | None = [head.warning] if head.warning else None
         self.reported = False
 
@@ -1144,8 +1145,12 @@ class Http1Session:
                         self._current = None
                         if ev.truncated or ev.warning:
                             self._note_end(p, ev)
-                        h = p.head
-                        p.request = HttpRequest(h.method, h.target, h.version, h.headers, ev.body_size, ev.trailers)
+                        if p.started is not None and not ev.body_size and not ev.trailers:
+                            p.request = p.started  # equal to what would be built here
+                        else:
+                            h = p.head
+                            p.request = HttpRequest(h.method, h.target, h.version, h.headers, ev.body_size,
+                                                    ev.trailers)
                         if self._requests_only and not p.reported:
                             p.reported = True
                             stats.exchanges += 1
@@ -1176,8 +1181,8 @@ class Http1Session:
                 self._hunting = False
                 p = self._current = _Pending(ev)
                 if self.on_request is not None:
-                    self.on_request(RequestStart(p.id, self._conn, HttpRequest(ev.method, ev.target, ev.version,
-                                                                               ev.headers), ev.ts, ev.tid))
+                    p.started = HttpRequest(ev.method, ev.target, ev.version, ev.headers)
+                    self.on_request(RequestStart(p.id, self._conn, p.started, ev.ts, ev.tid))
                 if not self._requests_only:
                     if len(self._pending) >= self._max_pending:
                         self._evict(ev.ts, out)
