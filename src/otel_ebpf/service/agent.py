@@ -318,6 +318,7 @@ class Agent:
         names = {
             "kernel.events": "otel_ebpf.tcpflow.records",
             "kernel.lost": "otel_ebpf.tcpflow.lost",
+            "kernel.retried": "otel_ebpf.tcpflow.retried",
             "kernel.flows_full": "otel_ebpf.tcpflow.table_full",
             "kernel.decode_errors": "otel_ebpf.tcpflow.decode_errors",
             "flows": "otel_ebpf.tcpflow.flows",
