@@ -41,11 +41,11 @@ _MAX_CACHED_ATTRIBUTES = 16384  # per cache: ~3 MiB at most
 # float pairs (RTTs), have a small cache of their own instead, which keeps the pairs of the
 # connections active now.
 _CACHED_INT_LIMIT = 32768
-_MAX_RECENT_INTS = 1024
+_MAX_RECENT_PAIRS = 1024
 # per field tag: (key, value type, value) -> the encoded field
 _attr_cache: dict[bytes, dict[tuple[str, type, Any], bytes]] = {}
 # per field tag: (key, int or float, value) -> the encoded field, for ints >= _CACHED_INT_LIMIT and floats
-_recent_int_cache: dict[bytes, dict[tuple[str, type, int | float], bytes]] = {}
+_recent_pair_cache: dict[bytes, dict[tuple[str, type, int | float], bytes]] = {}
 _resource_cache: dict[int, tuple[object, bytes]] = {}
 _scope_cache: dict[int, tuple[object, bytes]] = {}
 
@@ -104,8 +104,8 @@ def _attributes(tag: bytes, attributes) -> bytes:
     cache = _attr_cache.get(tag)
     if cache is None:
         cache = _attr_cache[tag] = {}
-        _recent_int_cache[tag] = {}
-    recent = _recent_int_cache[tag]
+        _recent_pair_cache[tag] = {}
+    recent = _recent_pair_cache[tag]
     parts = []
     for key, value in attributes.items():
         kind = type(value)
@@ -123,7 +123,7 @@ def _attributes(tag: bytes, attributes) -> bytes:
             encoded = recent.get(rk)
             if encoded is None:
                 encoded = _ld(tag, _key_value(key, value))
-                if len(recent) >= _MAX_RECENT_INTS:
+                if len(recent) >= _MAX_RECENT_PAIRS:
                     recent.clear()
                 recent[rk] = encoded
             parts.append(encoded)
@@ -429,14 +429,14 @@ def _json_scope(scope) -> dict:
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_text_attr_cache: dict[tuple[str, type, Any], str] = {}
-_json_text_recent_ints: dict[tuple[str, type, int | float], str] = {}
+_json_text_recent_pairs: dict[tuple[str, type, int | float], str] = {}
 _json_text_resource_cache: dict[int, tuple[object, str]] = {}
 _json_text_scope_cache: dict[int, tuple[object, str]] = {}
 
 
 def _json_attributes_text(attributes) -> str:
     cache = _json_text_attr_cache
-    recent = _json_text_recent_ints
+    recent = _json_text_recent_pairs
     parts = []
     for key, value in attributes.items():
         kind = type(value)
@@ -454,7 +454,7 @@ def _json_attributes_text(attributes) -> str:
             text = recent.get(rk)
             if text is None:
                 text = _dumps({"key": key, "value": _json_value(value)})
-                if len(recent) >= _MAX_RECENT_INTS:
+                if len(recent) >= _MAX_RECENT_PAIRS:
                     recent.clear()
                 recent[rk] = text
             parts.append(text)

@@ -84,11 +84,11 @@ def test_the_attribute_cache_is_bounded(monkeypatch):
 def test_ephemeral_port_pairs_stay_out_of_the_main_caches(monkeypatch):
     # One new network.peer.port per connection: in the main caches they would grow memory per
     # connection; they go to a small cache of recent pairs instead.
-    monkeypatch.setattr(otlp_fast, "_MAX_RECENT_INTS", 8)
+    monkeypatch.setattr(otlp_fast, "_MAX_RECENT_PAIRS", 8)
     otlp_fast._attr_cache.clear()
-    otlp_fast._recent_int_cache.clear()
+    otlp_fast._recent_pair_cache.clear()
     otlp_fast._json_text_attr_cache.clear()
-    otlp_fast._json_text_recent_ints.clear()
+    otlp_fast._json_text_recent_pairs.clear()
     spans = [span(i, attributes={"network.peer.port": 40000 + i, "big": 2**63 - 1, "http.response.status_code": 200,
                                  "rtt": 0.5 if i % 2 else -0.0, "n": 40000.0 if i % 3 else 40000})
              for i in range(30)]
@@ -99,7 +99,7 @@ def test_ephemeral_port_pairs_stay_out_of_the_main_caches(monkeypatch):
     cached = [k for c in (*otlp_fast._attr_cache.values(), otlp_fast._json_text_attr_cache) for k in c]
     assert ("http.response.status_code", int, 200) in cached
     assert not [k for k in cached if k[0] in ("network.peer.port", "big", "rtt", "n")]
-    for recent in (otlp_fast._json_text_recent_ints, otlp_fast._recent_int_cache[b"\x4a"]):  # span attributes
+    for recent in (otlp_fast._json_text_recent_pairs, otlp_fast._recent_pair_cache[b"\x4a"]):  # span attributes
         assert 0 < len(recent) <= 8
 
 
