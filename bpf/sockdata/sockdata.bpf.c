@@ -313,8 +313,8 @@ static __always_inline void count_lost(__u64 size)
  * about 7 records per million at 130k records/s although its reader is caught up, in short
  * bursts (the reservation's resilient spinlock giving up under contention, or a commit not yet
  * done by a producer on the other CPU); measured with nginx + h2load at ~220k records/s:
- * 6.9 lost per million with one try, 1-3 with four (what is left comes in bursts, mostly with the
- * ring really full: a reader kept off the CPU). Counted: STAT_RETRIED. */
+ * 6.9 lost per million with one try, 0-3 with four (what is left comes in bursts, mostly counted
+ * as "no room" with the reader caught up). Counted: STAT_RETRIED. */
 #define RING_TRIES 4
 
 static __always_inline long ring_output(void *data, __u64 size)
