@@ -30,6 +30,7 @@ from __future__ import annotations
 import mmap
 import select
 import struct
+import time
 
 __all__ = ["RingBufReader"]
 
@@ -57,6 +58,13 @@ class RingBufReader:
         self.records = 0
         self.bytes = 0
         self.discarded = 0
+        # A record still being written (BUSY) holds the reader back: how long the longest one did,
+        # as seen between drains (a producer stuck between reserve and commit makes the ring look
+        # full to the others while the reader is caught up).
+        self.busy_max_s = 0.0
+        self.busy_stalls = 0  # drains that stopped at a BUSY record
+        self._busy_pos = -1
+        self._busy_since = 0.0
 
     def pending_bytes(self) -> int:
         return _u64.unpack_from(self._prod, 0)[0] - _u64.unpack_from(self._cons, 0)[0]
@@ -79,6 +87,7 @@ class RingBufReader:
             off = base + pos
             hdr = unpack_len(data, off)[0]
             if hdr & _BUSY:
+                self._busy_at(cons)
                 break
             length = hdr & ~(_BUSY | _DISCARD)
             if hdr & _DISCARD:
@@ -94,6 +103,15 @@ class RingBufReader:
             self.bytes += cons - start
         self.records += len(out)
         return out
+
+    def _busy_at(self, pos: int) -> None:
+        now = time.monotonic()
+        if pos != self._busy_pos:
+            self._busy_pos = pos
+            self._busy_since = now
+            self.busy_stalls += 1
+        elif now - self._busy_since > self.busy_max_s:
+            self.busy_max_s = now - self._busy_since
 
     def poll(self, timeout_ms: int = 100) -> list[bytes]:
         """Records available now, else wait up to ``timeout_ms`` for a wakeup and drain."""

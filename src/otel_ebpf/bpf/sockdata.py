@@ -175,6 +175,7 @@ class SockDataTracer:
             out["bad_segments"] = self._codec.bad_segments
         if self._reader is not None:
             out["ring_records"] = self._reader.records
+            out["busy_stalls"] = self._reader.busy_stalls
         return out
 
     @property

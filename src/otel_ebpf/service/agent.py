@@ -281,6 +281,7 @@ class Agent:
             "kernel.lost": "otel_ebpf.ringbuf.lost",
             "kernel.lost_with_room": "otel_ebpf.ringbuf.lost_with_room",
             "kernel.retried": "otel_ebpf.ringbuf.retried",
+            "kernel.busy_stalls": "otel_ebpf.ringbuf.busy_stalls",
             "kernel.active_full": "otel_ebpf.kernel.calls_untraced",
             "kernel.truncated": "otel_ebpf.kernel.payloads_truncated",
             "kernel.decode_errors": "otel_ebpf.ringbuf.decode_errors",
