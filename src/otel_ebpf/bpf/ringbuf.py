@@ -37,7 +37,6 @@ __all__ = ["RingBufReader"]
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
-_u64 = struct.Struct("<Q")
 _u32 = struct.Struct("<I")
 
 
@@ -53,6 +52,13 @@ class RingBufReader:
         self._max_batch = max_batch
         self._cons = mmap.mmap(map_fd, self._page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod = mmap.mmap(map_fd, self._page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=self._page)
+        # The positions are read and written as whole native u64s (one load, one store), never with
+        # struct: struct.pack_into zeroes its target before writing it byte by byte, and a producer
+        # reading consumer_pos == 0 meanwhile sees the ring as full and drops its record (that
+        # was the "lost with the reader caught up" of earlier versions); unpack_from reads byte by
+        # byte and could see a torn producer position.
+        self._cons_pos = memoryview(self._cons).cast("Q")
+        self._prod_pos = memoryview(self._prod)[: self._page].cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self.records = 0
@@ -67,12 +73,12 @@ class RingBufReader:
         self._busy_since = 0.0
 
     def pending_bytes(self) -> int:
-        return _u64.unpack_from(self._prod, 0)[0] - _u64.unpack_from(self._cons, 0)[0]
+        return self._prod_pos[0] - self._cons_pos[0]
 
     def drain(self) -> list[bytes]:
         """Every committed record now in the ring (up to max_batch), oldest first."""
-        cons = _u64.unpack_from(self._cons, 0)[0]
-        prod = _u64.unpack_from(self._prod, 0)[0]
+        cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
         data = self._prod
         base = self._page
         mask = self._mask
@@ -99,7 +105,7 @@ class RingBufReader:
                 append(data[off + _HDR : base + size] + data[base : base + tail])
             cons += (length + _HDR + 7) & ~7
         if cons != start:
-            _u64.pack_into(self._cons, 0, cons)
+            self._cons_pos[0] = cons  # one 8-byte store (see __init__)
             self.bytes += cons - start
         self.records += len(out)
         return out
@@ -122,6 +128,8 @@ class RingBufReader:
         return self.drain()
 
     def close(self) -> None:
+        self._cons_pos.release()  # exported pointers keep an mmap from closing
+        self._prod_pos.release()
         for res in (self._epoll, self._cons, self._prod):
             try:
                 res.close()
