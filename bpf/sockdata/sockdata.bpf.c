@@ -309,27 +309,6 @@ static __always_inline void count_lost(__u64 size)
 		stat_add(STAT_LOST_WITH_ROOM, 1);
 }
 
-/* A refused record is offered again, up to RING_TRIES times in all. On 6.18 the ring refuses
- * about 7 records per million at 130k records/s although its reader is caught up, in short
- * bursts (the reservation's resilient spinlock giving up under contention, or a commit not yet
- * done by a producer on the other CPU); measured with nginx + h2load at ~220k records/s:
- * 6.9 lost per million with one try, 0-3 with four (what is left comes in bursts, mostly counted
- * as "no room" with the reader caught up). Counted: STAT_RETRIED. */
-#define RING_TRIES 4
-
-static __always_inline long ring_output(void *data, __u64 size)
-{
-	long err = bpf_ringbuf_output(&events, data, size, rb_flags());
-
-#pragma unroll
-	for (int i = 1; i < RING_TRIES && err; i++) {
-		err = bpf_ringbuf_output(&events, data, size, rb_flags());
-		if (!err)
-			stat_add(STAT_RETRIED, 1);
-	}
-	return err;
-}
-
 #define SOCK_DGRAM 2
 #define IPPROTO_UDP 17
 #define DNS_PORT 53
@@ -741,7 +720,7 @@ static __always_inline void submit(struct data_scratch *s, __u32 captured, __u64
 		captured = MAX_CAPTURE_BYTES;
 	s->hdr.len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
 	s->hdr.captured = captured;
-	if (ring_output(s, sizeof(s->hdr) + verifier_bound(captured)))
+	if (bpf_ringbuf_output(&events, s, sizeof(s->hdr) + verifier_bound(captured), rb_flags()))
 		count_lost(sizeof(s->hdr) + captured);
 	else
 		stat_add(STAT_EVENTS, 1);
@@ -1378,12 +1357,6 @@ static __always_inline void emit_conn(__u32 type, __s32 fd, const struct sock_en
 	struct conn_event *e;
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-#pragma unroll
-	for (int i = 1; i < RING_TRIES && !e; i++) {  /* as ring_output */
-		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e)
-			stat_add(STAT_RETRIED, 1);
-	}
 	if (!e) {
 		count_lost(sizeof(*e));
 		return;

@@ -43,8 +43,7 @@ enum stat_index {
 	STAT_SELF_SKIPPED = 4,   /* calls of the agent itself or of the far end of its sockets */
 	STAT_H2_FORWARDED = 5,   /* truncated data events that carry HTTP/2 frames past the capture */
 	STAT_LOST_WITH_ROOM = 6, /* of STAT_LOST: the ring had room for the record when it was refused */
-	STAT_RETRIED = 7,        /* records the ring refused, then took when offered again */
-	STAT_MAX = 8,
+	STAT_MAX = 7,
 };
 
 struct sock_data_event {

@@ -278,12 +278,6 @@ static __always_inline void emit(struct sock *sk, struct flow *f, __u64 sock_id,
 		return;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-#pragma unroll
-	for (int i = 1; i < 4 && !e; i++) {  /* a refused record is offered again, as in sockdata */
-		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e)
-			stat_add(STAT_RETRIED, 1);
-	}
 	if (!e) {
 		stat_add(STAT_LOST, 1);
 		return;

@@ -36,8 +36,7 @@ enum flow_stat_index {
 	STAT_FLOWS_PARTIAL = 4, /* flows first seen mid-life (open before the agent, or evicted) */
 	STAT_SNAPSHOTS = 5,     /* ACTIVE records submitted (part of EVENTS) */
 	STAT_SELF_SKIPPED = 6,  /* records not sent: the flow belongs to the agent */
-	STAT_RETRIED = 7,       /* records the ring refused, then took when offered again */
-	STAT_MAX = 8,
+	STAT_MAX = 7,
 };
 
 /* One record per flow event: a snapshot (ACTIVE) or the final summary

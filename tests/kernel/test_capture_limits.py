@@ -32,7 +32,6 @@ def test_a_full_ring_buffer_loses_events_but_counts_them_and_capture_goes_on(thr
         stats = tracer.stats()
         assert stats["lost"] > 0
         assert stats["lost_with_room"] < stats["lost"]  # nobody reads: most were refused for lack of room
-        assert stats["retried"] == 0  # a full ring stays full between the tries: each is lost once
         while tracer.poll_raw(0):
             pass
         run_client("keepalive", str(threading_server.port), "1", "/ok?after=loss")

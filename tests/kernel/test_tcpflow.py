@@ -370,7 +370,6 @@ def test_two_thousand_short_connections_cost_one_record_per_flow(start_tracer, s
     # No per-packet records: one per flow, plus whatever else the machine did meanwhile.
     assert 2 * n <= events <= 2 * n * 1.1 + 50, events
     assert after["lost"] == 0 and after["decode_errors"] == 0 and after["flows_full"] == 0
-    assert "retried" in after  # the count of records the ring refused once, then took
     print(f"\n{n} connections in {elapsed:.2f} s: {events} kernel records for {2 * n} flows")
 
 

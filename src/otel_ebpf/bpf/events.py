@@ -59,7 +59,6 @@ class Stat(enum.IntEnum):
     SELF_SKIPPED = 4
     H2_FORWARDED = 5
     LOST_WITH_ROOM = 6  # of LOST: refused while the ring had room (see count_lost in sockdata.bpf.c)
-    RETRIED = 7  # refused, then taken when offered again (see ring_output in sockdata.bpf.c)
 
 
 @dataclass(slots=True)

@@ -90,7 +90,6 @@ class FlowStat(enum.IntEnum):
     FLOWS_PARTIAL = 4
     SNAPSHOTS = 5
     SELF_SKIPPED = 6
-    RETRIED = 7  # refused by the ring, then taken when offered again
 
 
 _ENUMS = {

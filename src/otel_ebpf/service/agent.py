@@ -280,7 +280,6 @@ class Agent:
             "kernel.events": "otel_ebpf.ringbuf.events",
             "kernel.lost": "otel_ebpf.ringbuf.lost",
             "kernel.lost_with_room": "otel_ebpf.ringbuf.lost_with_room",
-            "kernel.retried": "otel_ebpf.ringbuf.retried",
             "kernel.busy_stalls": "otel_ebpf.ringbuf.busy_stalls",
             "kernel.active_full": "otel_ebpf.kernel.calls_untraced",
             "kernel.truncated": "otel_ebpf.kernel.payloads_truncated",
@@ -319,7 +318,6 @@ class Agent:
         names = {
             "kernel.events": "otel_ebpf.tcpflow.records",
             "kernel.lost": "otel_ebpf.tcpflow.lost",
-            "kernel.retried": "otel_ebpf.tcpflow.retried",
             "kernel.flows_full": "otel_ebpf.tcpflow.table_full",
             "kernel.decode_errors": "otel_ebpf.tcpflow.decode_errors",
             "flows": "otel_ebpf.tcpflow.flows",
