@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -46,6 +47,7 @@ _MAX_RECENT_PAIRS = 1024
 _attr_cache: dict[bytes, dict[tuple[str, type, Any], bytes]] = {}
 # per field tag: (key, int or float, value) -> the encoded field, for ints >= _CACHED_INT_LIMIT and floats
 _recent_pair_cache: dict[bytes, dict[tuple[str, type, int | float], bytes]] = {}
+_pair_encoders: dict[bytes, Any] = {}  # per field tag: (key, value) -> the encoded field
 _resource_cache: dict[int, tuple[object, bytes]] = {}
 _scope_cache: dict[int, tuple[object, bytes]] = {}
 
@@ -95,44 +97,50 @@ def _key_value(key: str, value: Any) -> bytes:
     return _ld(b"\x0a", key.encode("utf-8", "surrogatepass")) + _ld(b"\x12", _any_value(value))
 
 
+def _cached_pairs(attributes, cache: dict, recent: dict, encode) -> list:
+    """``encode(key, value)`` of every attribute, in order, from ``cache`` (str, bool and small int
+    values) or ``recent`` (larger ints and floats, see _CACHED_INT_LIMIT) when seen before. Pairs
+    of other types are encoded each time; one that cannot be encoded (TypeError) is left out, as
+    the SDK encoder leaves it out. The encoders of every OTLP form share this loop."""
+    parts = []
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str or kind is bool or (kind is int and value < _CACHED_INT_LIMIT):
+            store = cache
+        elif kind is int or (kind is float and value):  # 0.0 == -0.0: not cached
+            store = recent
+        else:
+            try:
+                parts.append(encode(key, value))
+            except TypeError:
+                pass
+            continue
+        ck = (key, kind, value)  # the kind too: 1 == True, 40000 == 40000.0
+        encoded = store.get(ck)
+        if encoded is None:
+            encoded = encode(key, value)
+            if len(store) >= (_MAX_CACHED_ATTRIBUTES if store is cache else _MAX_RECENT_PAIRS):
+                store.clear()
+            store[ck] = encoded
+        parts.append(encoded)
+    return parts
+
+
+def _tagged_pair(tag: bytes, key: str, value: Any) -> bytes:
+    return _ld(tag, _key_value(key, value))
+
+
 def _attributes(tag: bytes, attributes) -> bytes:
-    """Every attribute as a repeated KeyValue field ``tag``. Pairs whose value is a str, bool, int
-    or float are cached encoded, per field tag (the same pair is a different field in a Resource,
-    a span, an event or a link)."""
+    """Every attribute as a repeated KeyValue field ``tag``, cached per field tag (the same pair is
+    a different field in a Resource, a span, an event or a link)."""
     if not attributes:
         return b""
     cache = _attr_cache.get(tag)
     if cache is None:
         cache = _attr_cache[tag] = {}
         _recent_pair_cache[tag] = {}
-    recent = _recent_pair_cache[tag]
-    parts = []
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool:
-            ck = (key, kind, value)
-            encoded = cache.get(ck)
-            if encoded is None:
-                encoded = _ld(tag, _key_value(key, value))
-                if len(cache) >= _MAX_CACHED_ATTRIBUTES:
-                    cache.clear()
-                cache[ck] = encoded
-            parts.append(encoded)
-        elif kind is int or (kind is float and value):  # see _CACHED_INT_LIMIT (0.0 == -0.0: not cached)
-            rk = (key, kind, value)  # the kind too: 40000 == 40000.0
-            encoded = recent.get(rk)
-            if encoded is None:
-                encoded = _ld(tag, _key_value(key, value))
-                if len(recent) >= _MAX_RECENT_PAIRS:
-                    recent.clear()
-                recent[rk] = encoded
-            parts.append(encoded)
-        else:
-            try:
-                parts.append(_ld(tag, _key_value(key, value)))
-            except TypeError:
-                continue  # as the SDK encoder: an attribute it cannot encode is left out
-    return b"".join(parts)
+        _pair_encoders[tag] = partial(_tagged_pair, tag)
+    return b"".join(_cached_pairs(attributes, cache, _recent_pair_cache[tag], _pair_encoders[tag]))
 
 
 def _cached(cache: dict, obj, encode) -> bytes:
@@ -304,6 +312,7 @@ def __getattr__(name: str):
 # ---------------------------------------------------------------------------------------------
 
 _json_attr_cache: dict[tuple[str, type, Any], dict] = {}
+_json_recent_pairs: dict[tuple[str, type, int | float], dict] = {}
 
 
 def _json_value(value: Any) -> dict:
@@ -330,26 +339,12 @@ def _json_value(value: Any) -> dict:
     raise TypeError(f"invalid attribute value type {type(value).__name__}")
 
 
+def _json_pair(key: str, value: Any) -> dict:
+    return {"key": key, "value": _json_value(value)}
+
+
 def _json_attributes(attributes) -> list[dict]:
-    out = []
-    cache = _json_attr_cache
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str or (kind is int and value < _CACHED_INT_LIMIT) or kind is bool or kind is float:
-            ck = (key, kind, value)
-            kv = cache.get(ck)
-            if kv is None:
-                kv = {"key": key, "value": _json_value(value)}
-                if len(cache) >= _MAX_CACHED_ATTRIBUTES:
-                    cache.clear()
-                cache[ck] = kv
-            out.append(kv)
-        else:
-            try:
-                out.append({"key": key, "value": _json_value(value)})
-            except TypeError:
-                continue
-    return out
+    return _cached_pairs(attributes, _json_attr_cache, _json_recent_pairs, _json_pair)
 
 
 def _json_span(span: ReadableSpan) -> dict:
@@ -434,36 +429,13 @@ _json_text_resource_cache: dict[int, tuple[object, str]] = {}
 _json_text_scope_cache: dict[int, tuple[object, str]] = {}
 
 
+def _json_pair_text(key: str, value: Any) -> str:
+    return _dumps(_json_pair(key, value))
+
+
 def _json_attributes_text(attributes) -> str:
-    cache = _json_text_attr_cache
-    recent = _json_text_recent_pairs
-    parts = []
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str or kind is bool or (kind is int and value < _CACHED_INT_LIMIT):
-            ck = (key, kind, value)
-            text = cache.get(ck)
-            if text is None:
-                text = _dumps({"key": key, "value": _json_value(value)})
-                if len(cache) >= _MAX_CACHED_ATTRIBUTES:
-                    cache.clear()
-                cache[ck] = text
-            parts.append(text)
-        elif kind is int or (kind is float and value):  # see _CACHED_INT_LIMIT (0.0 == -0.0: not cached)
-            rk = (key, kind, value)  # the kind too: 40000 == 40000.0
-            text = recent.get(rk)
-            if text is None:
-                text = _dumps({"key": key, "value": _json_value(value)})
-                if len(recent) >= _MAX_RECENT_PAIRS:
-                    recent.clear()
-                recent[rk] = text
-            parts.append(text)
-        else:
-            try:
-                parts.append(_dumps({"key": key, "value": _json_value(value)}))
-            except TypeError:
-                continue
-    return "[" + ",".join(parts) + "]"
+    return "[" + ",".join(_cached_pairs(attributes, _json_text_attr_cache, _json_text_recent_pairs,
+                                        _json_pair_text)) + "]"
 
 
 def _json_span_text(span: ReadableSpan) -> str:
